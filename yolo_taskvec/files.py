@@ -1,0 +1,218 @@
+"""Task-vector files: safetensors with JSON metadata. Loading never unpickles anything.
+
+Layout of a file:
+
+* tensors named ``<role>/<key>`` (role ``delta`` or ``absolute``), or ``<role>/<key>#<field>`` for encoded
+  (compressed) tensors, e.g. ``delta/model.0.conv.weight#values``;
+* metadata ``format = yolo-taskvec``, ``format_version``, ``meta`` (JSON: name, base fingerprint, base yaml,
+  target yaml, task, class names, parts, ultralytics version, dtype) and ``encodings`` (JSON: per tensor, its
+  role, shape and how it is stored).
+
+Dense tensors are stored as fp32, fp16 or bf16; ``compress.py`` adds sparse, low-rank and int8 encodings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_output
+from .errors import VectorFileError
+from .taskvector import TaskVector
+
+FORMAT = "yolo-taskvec"
+FORMAT_VERSION = 1
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ROLES = ("delta", "absolute")
+
+Encoder = Callable[[str, torch.Tensor], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+Decoder = Callable[[dict[str, torch.Tensor], Mapping[str, Any], tuple[int, ...]], torch.Tensor]
+
+
+def check_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise VectorFileError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def dense_encoder(dtype: str = "fp32") -> Encoder:
+    """Store each tensor whole, cast to ``dtype``."""
+    torch_dtype = check_dtype(dtype)
+
+    def encode(key: str, t: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        if torch_dtype is torch.float16 and t.numel() and float(t.abs().max()) > torch.finfo(torch.float16).max:
+            raise VectorFileError(f"{key} holds values beyond the fp16 range; save with dtype=fp32 or bf16.")
+        return {"": t.to(torch_dtype).contiguous()}, {"kind": "dense", "dtype": dtype}
+
+    return encode
+
+
+def _decode_dense(fields: dict[str, torch.Tensor], info: Mapping[str, Any], shape: tuple[int, ...]) -> torch.Tensor:
+    return fields[""].float().reshape(shape)
+
+
+DECODERS: dict[str, Decoder] = {"dense": _decode_dense}
+FIELD_DTYPES: dict[str, tuple[torch.dtype, ...]] = {"dense": tuple(DTYPES.values())}
+
+
+def _name(role: str, key: str, field: str) -> str:
+    return f"{role}/{key}#{field}" if field else f"{role}/{key}"
+
+
+def save_vector(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32", encoder: Encoder | None = None, extra_meta: Mapping[str, Any] | None = None, inputs: tuple = ()) -> Path:
+    """Write ``tv`` to a safetensors file atomically. ``encoder`` defaults to dense ``dtype``."""
+    from safetensors.torch import save_file
+
+    encoder = encoder or dense_encoder(dtype)
+    tensors: dict[str, torch.Tensor] = {}
+    encodings: dict[str, dict[str, Any]] = {}
+    for role, mapping in (("delta", tv.deltas), ("absolute", tv.absolute)):
+        for key in sorted(mapping):
+            t = mapping[key].detach().float().cpu()
+            if not bool(torch.isfinite(t).all()):
+                raise VectorFileError(f"cannot save: {role} tensor {key} holds NaN or Inf values.")
+            fields, info = encoder(key, t) if role == "delta" else dense_encoder("fp32" if dtype not in DTYPES else dtype)(key, t)
+            for field, value in fields.items():
+                tensors[_name(role, key, field)] = value.contiguous()
+            encodings[f"{role}/{key}"] = {**info, "role": role, "shape": list(t.shape)}
+    meta = {**_jsonable(tv.meta), **_jsonable(dict(extra_meta or {})), "dtype": dtype}
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "meta": json.dumps(meta), "encodings": json.dumps(encodings)}
+    with atomic_output(path, inputs) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    return str(obj)
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``(meta, encodings)`` of a task-vector file, without reading tensors."""
+    from safetensors import safe_open
+
+    path = _check_path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            names = set(f.keys())
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged header
+        raise VectorFileError(f"{path} is not a valid safetensors file ({_first_line(e)}).") from e
+    return _parse_metadata(path, metadata, names)
+
+
+def _check_path(path: str | os.PathLike) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise VectorFileError(f"task-vector file {path} not found.")
+    if path.is_dir():
+        raise VectorFileError(f"task-vector path {path} is a directory, not a .safetensors file.")
+    if path.stat().st_size == 0:
+        raise VectorFileError(f"task-vector file {path} is empty (0 bytes).")
+    if path.suffix.lower() == ".pt":
+        raise VectorFileError(f"{path} is a .pt checkpoint, not a task-vector file; extract a vector first (yolo-taskvec extract).")
+    return path
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _parse_metadata(path: Path, metadata: Mapping[str, str], names: set[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    if metadata.get("format") != FORMAT:
+        raise VectorFileError(f"{path} is a safetensors file but not a yolo-taskvec task vector (no '{FORMAT}' metadata).")
+    try:
+        version = int(metadata.get("format_version", ""))
+    except ValueError as e:
+        raise VectorFileError(f"{path} has a corrupted format_version in its metadata.") from e
+    if version > FORMAT_VERSION:
+        raise VectorFileError(f"{path} uses task-vector format {version}; this yolo-taskvec reads up to {FORMAT_VERSION}, upgrade it.")
+    try:
+        meta = json.loads(metadata["meta"])
+        encodings = json.loads(metadata["encodings"])
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise VectorFileError(f"{path} has corrupted metadata (the 'meta' or 'encodings' JSON is unreadable).") from e
+    if not isinstance(meta, dict) or not isinstance(encodings, dict):
+        raise VectorFileError(f"{path} has corrupted metadata ('meta' and 'encodings' must be JSON objects).")
+    expected: set[str] = set()
+    for name, info in encodings.items():
+        role, _, key = name.partition("/")
+        if role not in ROLES or not key or not isinstance(info, dict) or info.get("kind") not in DECODERS:
+            raise VectorFileError(f"{path} has a corrupted encoding entry for {name!r}.")
+        shape = info.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+            raise VectorFileError(f"{path} has a corrupted shape for {name}.")
+        expected |= {n for n in names if n == name or n.startswith(name + "#")}
+        if not any(n == name or n.startswith(name + "#") for n in names):
+            raise VectorFileError(f"{path} is missing tensor {name} listed in its metadata.")
+    extra = sorted(names - expected)
+    if extra:
+        raise VectorFileError(f"{path} holds {len(extra)} tensors not listed in its metadata (e.g. {extra[0]}).")
+    return meta, encodings
+
+
+def load_vector(path: str | os.PathLike, cls: type[TaskVector] = TaskVector) -> TaskVector:
+    """Read a task-vector file (dense or compressed) into a dense fp32 TaskVector; checks every tensor."""
+    from safetensors import safe_open
+
+    meta, encodings = read_header(path)
+    path = Path(path)
+    deltas: dict[str, torch.Tensor] = {}
+    absolute: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())
+            for name, info in encodings.items():
+                prefix = name + "#"
+                fields = {n[len(prefix):] if n.startswith(prefix) else "": f.get_tensor(n) for n in names if n == name or n.startswith(prefix)}
+                tensor = _decode(path, name, fields, info)
+                role, _, key = name.partition("/")
+                (deltas if role == "delta" else absolute)[key] = tensor
+    except VectorFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged data section surfaces from safetensors in several types
+        raise VectorFileError(f"{path} is damaged: its tensor data cannot be read ({_first_line(e)}).") from e
+    return cls(deltas, absolute, meta)
+
+
+def _decode(path: Path, name: str, fields: dict[str, torch.Tensor], info: Mapping[str, Any]) -> torch.Tensor:
+    kind = info["kind"]
+    allowed = FIELD_DTYPES.get(kind)
+    for field, t in fields.items():
+        if allowed is not None and field == "" and t.dtype not in allowed:
+            raise VectorFileError(f"{path}: tensor {name} has dtype {str(t.dtype).replace('torch.', '')}, expected one of fp32, fp16, bf16.")
+    shape = tuple(info["shape"])
+    try:
+        tensor = DECODERS[kind](fields, info, shape)
+    except VectorFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - inconsistent fields of an encoding
+        raise VectorFileError(f"{path}: tensor {name} does not match its recorded encoding ({_first_line(e)}).") from e
+    if tuple(tensor.shape) != shape:
+        raise VectorFileError(f"{path}: tensor {name} has shape {tuple(tensor.shape)}, its metadata says {shape}.")
+    if not bool(torch.isfinite(tensor).all()):
+        raise VectorFileError(f"{path}: tensor {name} holds NaN or Inf values.")
+    return tensor
+
+
+def file_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Size and storage summary of a task-vector file (for ``info``)."""
+    meta, encodings = read_header(path)
+    kinds: dict[str, int] = {}
+    for info in encodings.values():
+        kinds[info["kind"]] = kinds.get(info["kind"], 0) + 1
+    return {"path": str(path), "bytes": Path(path).stat().st_size, "meta": meta, "encodings": kinds, "tensors": len(encodings)}
