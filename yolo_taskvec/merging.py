@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .errors import MismatchError, TaskVecError
-from .methods import get_method
+from .methods import get_method, orthogonalize as orthogonalize_deltas
 from .methods.registry import Method
 from .parts import Layout
 from .taskvector import Scale, TaskVector, check_scale, is_bn_stat, is_mergeable, normalize_scale, scale_for
@@ -56,7 +56,7 @@ def vector_id(tv: TaskVector) -> str:
         t = tv.deltas[key].reshape(-1)
         step = max(1, t.numel() // 64)
         h.update(key.encode())
-        h.update(t[::step][:64].contiguous().numpy().tobytes())
+        h.update(t[::step][:64].contiguous().cpu().numpy().tobytes())  # .cpu(): vectors on a GPU (swap)
     for key in sorted(tv.absolute):
         h.update(b"abs:" + key.encode())
     return h.hexdigest()
@@ -93,8 +93,12 @@ def merge_states(
     bn: str = DEFAULT_BN,
     seed: int = 0,
     layout: Layout | None = None,
+    orthogonalize: bool = False,
 ) -> tuple[dict[str, torch.Tensor], MergeReport]:
-    """The merged fp32 state dict (base keys, plus carried keys) and a report."""
+    """The merged fp32 state dict (base keys, plus carried keys) and a report.
+
+    ``orthogonalize``: before the method, remove from each vector's learned tensor its projection on the others'.
+    """
     if not vectors:
         raise TaskVecError("no task vectors to merge.")
     method = get_method(method)
@@ -102,10 +106,10 @@ def merge_states(
     resolved = method.resolve(params or {})
     scale = normalize_scale(scale)
     bn = check_bn_policy(bn)
-    weights = check_weights(weights, len(vectors))
-    order = sorted(range(len(vectors)), key=lambda i: vector_id(vectors[i]))
-    vectors, weights = [vectors[i] for i in order], [weights[i] for i in order]
-    vids = [vector_id(v) for v in vectors] if method.random else []
+    weights = method.prepare_weights(check_weights(weights, len(vectors)), resolved)
+    ids = [vector_id(v) for v in vectors]
+    order = sorted(range(len(vectors)), key=lambda i: ids[i])
+    vectors, weights, vids = [vectors[i] for i in order], [weights[i] for i in order], [ids[i] for i in order]
     stat_w = method.stat_weights(weights, resolved)
     report = MergeReport(method.name, resolved, bn)
 
@@ -124,13 +128,15 @@ def merge_states(
             if bn == "geometric" and key.endswith(".running_var"):
                 out[key] = _geometric_var(key, b, ds, [lam * c for c in stat_w])
             elif bn in ("merge", "geometric"):
-                out[key] = b + lam * _weighted(ds, stat_w)
+                out[key] = torch.add(b, _weighted(ds, stat_w), alpha=lam)
             else:
                 report.stats_kept += 1
             continue
         rngs = [_rng(seed, key, vid) for vid in vids] if method.random else None
+        if orthogonalize:
+            ds = orthogonalize_deltas(ds)
         merged = method.fn(ds, list(weights), base=b, rngs=rngs, **resolved)
-        out[key] = b + lam * merged if lam != 1.0 else b + merged
+        out[key] = torch.add(b, merged, alpha=lam)
         report.merged[part] = report.merged.get(part, 0) + 1
     _check_running_var(out, keys)
     for v in vectors:

@@ -73,6 +73,7 @@ class Method:
     min_models: int = 1
     max_models: int | None = None
     stat_weights: Callable[[list[float], Mapping[str, Any]], list[float]] = field(default=lambda w, p: list(w))
+    prepare_weights: Callable[[list[float], Mapping[str, Any]], list[float]] = field(default=lambda w, p: list(w))
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults filled in, types coerced, ranges checked; unknown names answered with close matches."""
@@ -93,11 +94,28 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, *, doc: str, paper: str, params: Sequence[Param] = (), random: bool = False, min_models: int = 1, max_models: int | None = None, stat_weights: Callable | None = None) -> Callable[[MethodFn], MethodFn]:
-    """Decorator adding a method to the registry."""
+def register(
+    name: str,
+    *,
+    doc: str,
+    paper: str,
+    params: Sequence[Param] = (),
+    random: bool = False,
+    min_models: int = 1,
+    max_models: int | None = None,
+    stat_weights: Callable | None = None,
+    prepare_weights: Callable | None = None,
+) -> Callable[[MethodFn], MethodFn]:
+    """Decorator adding a method to the registry.
+
+    ``stat_weights(weights, params)``: coefficients of the BatchNorm running statistics under ``bn=merge``
+    (default: the per-model weights, as task arithmetic; ``mean_stat_weights`` for methods that average).
+    ``prepare_weights(weights, params)``: per-model weights derived from parameters *in the order the models were
+    given*, before the driver puts the models in canonical order (slerp's ``t`` needs it).
+    """
 
     def wrap(fn: MethodFn) -> MethodFn:
-        extra = {"stat_weights": stat_weights} if stat_weights else {}
+        extra = {k: v for k, v in (("stat_weights", stat_weights), ("prepare_weights", prepare_weights)) if v}
         _REGISTRY[name] = Method(name, fn, doc, paper, tuple(params), random, min_models, max_models, **extra)
         return fn
 
