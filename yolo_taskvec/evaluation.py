@@ -1,0 +1,651 @@
+"""Score many models on many datasets with Ultralytics' own validators, built once and reused.
+
+For each (dataset, validation task, class names, ``single_cls``, stride) one Ultralytics ``DetectionValidator`` or
+``SegmentationValidator`` is built as ``YOLO.val`` builds it (``rect=True``, same arguments); its dataloader is run
+ONCE and the collated batches (decoded, letterboxed uint8 images and labels) stay resident on the device. The
+first model of an architecture is prepared by Ultralytics' ``AutoBackend`` as ``val`` prepares it (a private copy,
+Conv+BatchNorm fused, on the device, fp16 on GPU); later models are fused into that same model in place
+(``FusedTemplate``: bit-identical weights, no deep copy or rebuild). Each is scored by the validator's own loop pieces (``init_metrics``, ``preprocess``, forward, ``postprocess``, ``update_metrics``,
+``get_stats``) over the resident batches. The numbers are Ultralytics' own: they equal a fresh
+``YOLO(path).val(data=..., imgsz=..., batch=...)`` on the same settings.
+
+Which validator scores what: a segment model on segment data (label files with polygons) gets box and mask
+metrics; a detect model on segment data, and a segment model on detect-only data, are scored on boxes with the
+detection validator. So a dual-purpose detect+segment model is scorable on both kinds of data.
+
+Models with other class sets (e.g. a class-union model) get their own validator, because Ultralytics builds the
+labels for the model's class count (labels of classes a model cannot predict are dropped, as in ``YOLO.val``).
+
+``coco=True`` also scores with pycocotools (``coco_AP``, ``coco_AP50``, ``coco_AP75``, ``coco_APs/m/l``, and
+``coco_mask_*`` for masks) against the dataset's COCO instances json (``coco_json:`` in the yaml, or
+``annotations/instances_<split>.json`` under its root), or one exported from its YOLO labels when it has none.
+Predictions are scaled back to each image's original resolution.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import write_text_atomic
+from .checkpoint import LoadedModel, ModelLike, load_model
+from .data import dataset_name, image_files, load_data
+from .errors import DataError, TaskVecError
+
+BOX_METRICS = {"map50_95": "metrics/mAP50-95(B)", "map50": "metrics/mAP50(B)", "precision": "metrics/precision(B)", "recall": "metrics/recall(B)"}
+MASK_METRICS = {"mask_map50_95": "metrics/mAP50-95(M)", "mask_map50": "metrics/mAP50(M)", "mask_precision": "metrics/precision(M)", "mask_recall": "metrics/recall(M)"}
+TASKS = ("detect", "segment")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def quiet_ultralytics(enabled: bool = True) -> Iterator[None]:
+    """Silence Ultralytics' info logging (and with it its own progress bars) inside the block."""
+    from ultralytics.utils import LOGGER
+
+    if not enabled:
+        yield
+        return
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+def model_label(model: ModelLike) -> str:
+    """A short name for a model in tables: the checkpoint's stem, else the YOLO/module's own label."""
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model).stem
+    if isinstance(model, LoadedModel):
+        return model.name
+    path = getattr(model, "ckpt_path", None) or getattr(getattr(model, "model", None), "pt_path", None) or getattr(model, "pt_path", None)
+    if path:
+        return Path(str(path)).stem
+    return str(getattr(model, "model_name", None) or type(model).__name__)
+
+
+def _is_fused(module: torch.nn.Module) -> bool:
+    is_fused = getattr(module, "is_fused", None)
+    return bool(callable(is_fused) and is_fused())
+
+
+def source_module(model: ModelLike) -> tuple[torch.nn.Module, bool]:
+    """``(module, owned)``: the model's own module, read without copying (``owned``: loaded here from a file)."""
+    from ultralytics.engine.model import Model
+
+    if isinstance(model, LoadedModel):
+        return model.module, False
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model).module, True
+    inner = model.model if isinstance(model, Model) else model
+    if isinstance(inner, torch.nn.Module) and hasattr(inner, "yaml"):
+        return inner, False
+    return load_model(model).module, True  # raises the loader's one-sentence error
+
+
+def model_state(module: torch.nn.Module, as_saved: bool) -> dict[str, torch.Tensor]:
+    """The module's state on the CPU in fp32 (never the caller's tensors when they are changed); with ``as_saved``,
+    floating-point values rounded to fp16 as a saved checkpoint holds them (unless some exceed fp16's range: such a
+    model cannot be saved, so it is scored as it is)."""
+    from .checkpoint import FP16_MAX
+
+    state = {k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()) for k, v in module.state_dict().items()}
+    if as_saved and all(not v.is_floating_point() or not v.numel() or float(v.abs().max()) <= FP16_MAX for v in state.values()):
+        state = {k: (v.half().float() if v.is_floating_point() else v) for k, v in state.items()}
+    return state
+
+
+def private_module(module: torch.nn.Module, state: Mapping[str, torch.Tensor], owned: bool) -> torch.nn.Module:
+    """An fp32 eval module holding ``state`` that evaluation may fuse in place (the caller's model is never touched)."""
+    module = module if owned else copy.deepcopy(module)
+    module.float().load_state_dict(state)
+    for m in module.modules():  # as Ultralytics' load_checkpoint sets them
+        if hasattr(m, "inplace"):
+            m.inplace = True
+    if not hasattr(module, "stride"):
+        module.stride = torch.tensor([32.0])
+    return module.eval()
+
+
+class FusedTemplate:
+    """One fused model per architecture, on the device, that takes each new model's weights in place.
+
+    Built once by Ultralytics' ``AutoBackend`` (deep copy, Conv+BatchNorm fusion, device, fp16); afterwards a model
+    of the same architecture is loaded by fusing its tensors with the same function Ultralytics uses
+    (``fuse_conv_bn_weights``) and copying them into the fused model, with no deep copy or rebuild. The recipe is
+    verified bit for bit against AutoBackend's own fusion when the template is built; architectures with other
+    fusions (RepConv, Conv2, RepVGGDW, ConvTranspose, QAT) are prepared by AutoBackend for every model instead.
+    """
+
+    def __init__(self, backend: Any, recipe: list[tuple[str, str, float]] | None) -> None:
+        self.backend, self.recipe = backend, recipe
+        self.targets = backend.model.state_dict() if recipe is not None else {}
+        self.current: Any = None
+
+    @classmethod
+    def build(cls, module: torch.nn.Module, device: torch.device, fp16: bool, verbose: bool) -> FusedTemplate:
+        """Fuse ``module`` (consumed) with AutoBackend as ``YOLO.val`` does, and derive the in-place loading recipe."""
+        from ultralytics.cfg import get_cfg
+        from ultralytics.nn.autobackend import AutoBackend
+
+        unfused = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        conv_bn, swappable = _fusable_convs(module)
+        with quiet_ultralytics(not verbose), torch.inference_mode(False):
+            backend = AutoBackend(model=module, device=device, fp16=fp16, fuse=True, verbose=False, end2end=get_cfg().nms is False)
+        backend.eval()
+        fused = backend.model.state_dict()
+        recipe = _recipe(fused, unfused, conv_bn) if swappable else None
+        template = cls(backend, recipe)
+        if recipe is not None:
+            expected = {k: v.clone() for k, v in fused.items()}
+            template.load(unfused)
+            if any(not torch.equal(template.targets[k], v) for k, v in expected.items()):  # never trust an unverified recipe
+                for k, v in expected.items():
+                    template.targets[k].copy_(v)
+                template.recipe, template.targets = None, {}
+        return template
+
+    @torch.no_grad()
+    def load(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Fuse ``state`` (unfused, CPU fp32) into the template's tensors in place."""
+        from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+        for kind, key, eps in self.recipe:
+            if kind == "copy":
+                self.targets[key].copy_(state[key])
+                continue
+            w, b = fuse_conv_bn_weights(state[f"{key}.conv.weight"], state.get(f"{key}.conv.bias"), state[f"{key}.bn.running_mean"], state[f"{key}.bn.running_var"], eps, state[f"{key}.bn.weight"], state[f"{key}.bn.bias"])
+            self.targets[f"{key}.conv.weight"].copy_(w)
+            self.targets[f"{key}.conv.bias"].copy_(b)
+
+
+def _fusable_convs(module: torch.nn.Module) -> tuple[dict[str, float], bool]:
+    """Conv+BatchNorm pairs AutoBackend will fold (name -> eps), and whether every fusion in the model is one of them."""
+    from ultralytics.nn.modules import Conv, Conv2, ConvTranspose, RepConv, RepVGGDW
+
+    conv_bn = {name: float(m.bn.eps) for name, m in module.named_modules() if isinstance(m, Conv) and isinstance(getattr(m, "bn", None), torch.nn.BatchNorm2d)}
+    other = any(isinstance(m, (Conv2, ConvTranspose, RepConv, RepVGGDW)) or hasattr(m, "weight_quantizer") for m in module.modules())
+    return conv_bn, not other
+
+
+def _recipe(fused: Mapping[str, torch.Tensor], unfused: Mapping[str, torch.Tensor], conv_bn: Mapping[str, float]) -> list[tuple[str, str, float]] | None:
+    """How each fused tensor follows from the unfused ones: ``("fuse", conv name, eps)`` or ``("copy", key, 0)``."""
+    recipe: list[tuple[str, str, float]] = []
+    for key, value in fused.items():
+        prefix, _, leaf = key.rpartition(".")
+        owner = prefix[: -len(".conv")] if prefix.endswith(".conv") else None
+        if owner in conv_bn:
+            if leaf == "weight":
+                recipe.append(("fuse", owner, conv_bn[owner]))
+            elif leaf != "bias":
+                return None
+        elif key in unfused and unfused[key].shape == value.shape:
+            recipe.append(("copy", key, 0.0))
+        else:
+            return None
+    return recipe
+
+
+def _model_arg(module: torch.nn.Module, key: str, default: Any = None) -> Any:
+    args = getattr(module, "args", None) or {}
+    return args.get(key, default) if isinstance(args, Mapping) else getattr(args, key, default)
+
+
+def has_segments(data: str | os.PathLike, split: str = "val") -> bool:
+    """True when a split's label files hold polygons (segment data), False for box labels."""
+    from ultralytics.data.utils import img2label_paths
+
+    for label in img2label_paths(image_files(data, split)):
+        if os.path.isfile(label):
+            with open(label, encoding="utf-8-sig") as f:
+                for line in f:
+                    if len(line.split()) > 6:
+                        return True
+                    if line.strip():
+                        break
+    return False
+
+
+def _detection_output(preds: Any, nc: int, end2end: bool) -> torch.Tensor:
+    """A segment model's raw output reduced to what the detection validator reads: boxes and class scores."""
+    y = preds
+    while isinstance(y, (list, tuple)):
+        y = y[0]
+    return y if end2end else y[:, : 4 + nc]
+
+
+def _timer(device: torch.device):
+    from ultralytics.utils.ops import Profile
+
+    return Profile(device=device)
+
+
+# ----------------------------------------------------------------------------------------------- evaluator
+@dataclass
+class _Dataset:
+    name: str
+    yaml: str
+    info: dict[str, Any]
+    segments: bool
+    gt: Any = None  # coco.GroundTruth, built on first use
+
+
+@dataclass
+class _Pass:
+    """One validator with its resident batches."""
+
+    validator: Any
+    batches: list[dict[str, Any]]
+    task: str
+
+
+@dataclass
+class PreparedModel:
+    """A model made ready for scoring: its (rounded) weights and the fused template that runs them."""
+
+    template: FusedTemplate
+    state: dict[str, torch.Tensor]
+    task: str
+    names: dict[int, str]
+    single_cls: bool
+    label: str
+
+    @property
+    def backend(self) -> Any:
+        """The fused AutoBackend with this model's weights loaded (loaded now if another model's were)."""
+        if self.template.current is not self:
+            self.template.load(self.state)
+            self.template.current = self
+        return self.template.backend
+
+
+class Evaluator:
+    """Validators, dataloaders and preprocessed batches built once per dataset, reused for every model.
+
+    >>> ev = Evaluator(["fruit80.yaml", "fruit80-night.yaml"], imgsz=320)
+    >>> ev("yolo26n-base80.pt")
+    {'fruit80': {'map50_95': 0.439, 'map50': 0.765, ...}, 'fruit80-night': {...}}
+
+    ``half=None`` means fp16 on CUDA and fp32 on CPU (where Ultralytics never uses fp16); ``conf=None`` is
+    Ultralytics' validation default (0.001). ``verbose`` prints Ultralytics' results lines; ``progress`` shows a
+    progress bar per pass. ``as_saved=True`` scores each model's weights as a saved checkpoint holds them (rounded
+    to fp16, as Ultralytics and ``save`` store them), so an in-memory merge scores exactly what ``YOLO(saved.pt).val()``
+    gives; ``as_saved=False`` scores the fp32 weights as ``merged.val()`` does (they differ by ~0.003 mAP at most on
+    the reference merges). Checkpoint files are fp16 already, so for paths both are the same.
+    """
+
+    def __init__(
+        self,
+        data: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        imgsz: int = 640,
+        batch: int = 16,
+        device: str | torch.device | None = None,
+        half: bool | None = None,
+        conf: float | None = None,
+        iou: float = 0.7,
+        split: str = "val",
+        coco: bool = False,
+        verbose: bool = False,
+        progress: bool = True,
+        as_saved: bool = True,
+    ) -> None:
+        from ultralytics.utils.torch_utils import select_device
+
+        yamls = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        if not yamls:
+            raise DataError("no dataset given; pass one or more dataset yamls.")
+        if batch < 1:
+            raise TaskVecError(f"batch must be at least 1, got {batch}.")
+        if conf is not None and not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:
+            raise TaskVecError(f"conf and iou must lie in [0, 1], got conf={conf}, iou={iou}.")
+        self.imgsz, self.batch, self.conf, self.iou, self.split = int(imgsz), int(batch), conf, iou, split
+        self.coco, self.verbose, self.progress, self.as_saved = coco, verbose, progress, as_saved
+        with quiet_ultralytics(not verbose):
+            self.device = select_device("" if device is None else device, verbose=False)
+        self.half = (self.device.type == "cuda") if half is None else bool(half) and self.device.type != "cpu"
+        self.datasets = [self._dataset(str(y)) for y in yamls]
+        names = [d.name for d in self.datasets]
+        for i, d in enumerate(self.datasets):  # unique names for two yamls with one stem
+            if names.count(d.name) > 1:
+                d.name = f"{d.name}#{names[: i + 1].count(d.name)}"
+        self.passes: dict[tuple, _Pass] = {}
+        self.templates: dict[tuple, FusedTemplate] = {}
+        self.timings: dict[str, float] = defaultdict(float)
+        self._save_dir = tempfile.TemporaryDirectory(prefix="yolo-taskvec-val-")
+
+    def _dataset(self, yaml: str) -> _Dataset:
+        with quiet_ultralytics(not self.verbose):
+            info = load_data(yaml, split=self.split)
+        if not info.get(self.split):
+            raise DataError(f"dataset {yaml} has no '{self.split}' split.")
+        return _Dataset(dataset_name(yaml), yaml, info, has_segments(yaml, self.split))
+
+    @property
+    def names(self) -> list[str]:
+        """Dataset names, in order (the keys of every result)."""
+        return [d.name for d in self.datasets]
+
+    # ------------------------------------------------------------------ models
+    def prepare(self, model: ModelLike | PreparedModel) -> PreparedModel:
+        """Make ``model`` ready to score: fused on the device as Ultralytics' AutoBackend fuses it for ``val``.
+
+        The first model of an architecture is fused by AutoBackend itself (on a private copy); later ones are fused
+        into that same on-device model in place (see ``FusedTemplate``), with bit-identical weights.
+        """
+        if isinstance(model, PreparedModel):
+            return model
+        from ultralytics.nn.autobackend import check_class_names
+        from ultralytics.nn.tasks import guess_model_task
+
+        with _timer(self.device) as t:
+            module, owned = source_module(model)
+            task = getattr(module, "task", None) or guess_model_task(module)
+            if task not in TASKS:
+                raise TaskVecError(f"{model_label(model)} is a {task} model; evaluation scores detect and segment models.")
+            state = model_state(module, self.as_saved)
+            names = check_class_names(dict(getattr(module, "names", None) or {}))
+            key = (type(module).__name__, task, json.dumps(module.yaml, sort_keys=True, default=str), tuple(names.items()), tuple((k, tuple(v.shape)) for k, v in state.items()))
+            template = self.templates.get(key)
+            if template is None:
+                template = FusedTemplate.build(private_module(module, state, owned), self.device, self.half, self.verbose)
+                if template.recipe is not None:
+                    self.templates[key] = template
+            prepared = PreparedModel(template, state, task, names, bool(_model_arg(module, "single_cls", False)), model_label(model))
+            if template.current is None:
+                template.current = prepared  # built with these weights
+        self.timings["prepare"] += t.t
+        return prepared
+
+    def __call__(self, model: ModelLike | PreparedModel) -> dict[str, dict[str, float]]:
+        """``{dataset: {"map50_95", "map50", "precision", "recall", [mask_*], [coco_*]}}`` for one model."""
+        prepared = self.prepare(model)
+        return {d.name: self.score(prepared, d) for d in self.datasets}
+
+    # ------------------------------------------------------------------ passes
+    def _pass(self, prepared: PreparedModel, dataset: _Dataset) -> _Pass:
+        task = "segment" if prepared.task == "segment" and dataset.segments else "detect"
+        stride = int(prepared.backend.stride)
+        key = (dataset.name, task, tuple(sorted(prepared.names.items())), prepared.single_cls, stride)
+        if key not in self.passes:
+            with _timer(self.device) as t:
+                self.passes[key] = self._build_pass(prepared, dataset, task)
+            self.timings["data"] += t.t
+        return self.passes[key]
+
+    def _build_pass(self, prepared: PreparedModel, dataset: _Dataset, task: str) -> _Pass:
+        """An Ultralytics validator set up as ``YOLO.val`` sets it up, and its batches decoded once."""
+        from ultralytics.models.yolo.detect import DetectionValidator
+        from ultralytics.models.yolo.segment import SegmentationValidator
+        from ultralytics.utils import TQDM
+
+        args = {
+            "task": task,
+            "mode": "val",
+            "data": dataset.yaml,
+            "imgsz": self.imgsz,
+            "batch": self.batch,
+            "conf": self.conf,
+            "iou": self.iou,
+            "split": self.split,
+            "rect": True,
+            "plots": False,
+            "save_json": False,
+            "verbose": self.verbose,
+            "single_cls": prepared.single_cls,
+            "device": str(self.device),
+            "quantize": 16 if prepared.backend.fp16 else None,
+        }
+        cls = SegmentationValidator if task == "segment" else DetectionValidator
+        with quiet_ultralytics(not self.verbose):
+            v = cls(save_dir=Path(self._save_dir.name), args=args)
+            v.training = False
+            v.device, v.data = self.device, dataset.info
+            if self.device.type in {"cpu", "mps"}:
+                v.args.workers = 0  # as Ultralytics' val: CPU time goes to inference, not loading
+            v.stride, v.names = prepared.backend.stride, prepared.backend.names
+            v.dataloader = v.get_dataloader(dataset.info.get(self.split), v.args.batch)
+        blocking = self.device.type in {"cpu", "mps"}
+        batches = []
+        bar = TQDM(v.dataloader, desc=f"decoding {dataset.name}", total=len(v.dataloader), disable=not self.progress)
+        for b in bar:
+            batches.append({k: (x.to(self.device, non_blocking=not blocking) if isinstance(x, torch.Tensor) else x) for k, x in b.items()})
+        return _Pass(v, batches, task)
+
+    def score(self, prepared: ModelLike | PreparedModel, dataset: str | _Dataset) -> dict[str, float]:
+        """Run one (prepared) model over one dataset's resident batches with the validator's own steps."""
+        from ultralytics.utils import TQDM
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        prepared = self.prepare(prepared)
+        if isinstance(dataset, str):
+            if dataset not in self.names:
+                raise DataError(f"dataset {dataset} is not one of this evaluator's ({', '.join(self.names)}).")
+            dataset = self.datasets[self.names.index(dataset)]
+        p = self._pass(prepared, dataset)
+        v, model = p.validator, prepared.backend
+        boxes_of_segment_model = prepared.task == "segment" and p.task == "detect"
+        collector = self._coco_collector(dataset, p) if self.coco else None
+        forward, post = _timer(self.device), _timer(self.device)
+        with quiet_ultralytics(not self.verbose), torch.inference_mode():
+            v.init_metrics(unwrap_model(model))
+            bar = TQDM(p.batches, desc=f"{prepared.label} | {dataset.name}", total=len(p.batches), disable=not self.progress)
+            for i, stored in enumerate(bar):
+                v.batch_i = i
+                batch = v.preprocess(dict(stored))
+                with forward:
+                    raw = model(batch["img"])
+                with post:
+                    preds = v.postprocess(_detection_output(raw, v.nc, v.end2end) if boxes_of_segment_model else raw)
+                    v.update_metrics(preds, batch)
+                if collector is not None:
+                    collector.add(v, raw, preds, batch)
+            with _timer(self.device) as t:
+                stats = v.get_stats()
+                v.finalize_metrics()
+            if self.verbose:
+                v.print_results()
+        self.timings["forward"] += forward.t
+        self.timings["postprocess"] += post.t
+        self.timings["metrics"] += t.t
+        out = {k: float(stats[key]) for k, key in BOX_METRICS.items()}
+        if p.task == "segment":
+            out.update({k: float(stats[key]) for k, key in MASK_METRICS.items()})
+        if collector is not None:
+            with _timer(self.device) as t:
+                out.update(collector.scores(verbose=self.verbose))
+            self.timings["coco"] += t.t
+        return out
+
+    def _coco_collector(self, dataset: _Dataset, p: _Pass) -> _CocoCollector:
+        from .coco import GroundTruth
+
+        if dataset.gt is None:
+            dataset.gt = GroundTruth.for_dataset(dataset.info, self.split, dataset.yaml)
+        return _CocoCollector(dataset.gt, masks=p.task == "segment" and dataset.gt.has_masks)
+
+
+class _CocoCollector:
+    """Predictions of one pass in COCO results format, at each image's original resolution."""
+
+    def __init__(self, gt: Any, masks: bool) -> None:
+        self.gt, self.masks = gt, masks
+        self.boxes: list[dict[str, Any]] = []
+        self.segments: list[dict[str, Any]] = []
+        self.image_ids: list[int] = []
+
+    def add(self, v: Any, raw: Any, preds: list[dict[str, torch.Tensor]], batch: dict[str, Any]) -> None:
+        from ultralytics.models.yolo.detect import DetectionValidator
+        from ultralytics.utils import ops
+
+        from .coco import detection_results
+
+        imgsz = batch["img"].shape[2:]
+        native = None
+        if self.masks:  # masks at the letterboxed size (as Ultralytics' save_json), then scaled to the original
+            proto = raw[0][1] if isinstance(raw[0], tuple) else raw[1]
+            native = DetectionValidator.postprocess(v, raw[0])
+        for si, pred in enumerate(preds):
+            image_id = self.gt.image_id(batch["im_file"][si])
+            self.image_ids.append(image_id)
+            pbatch = {"imgsz": imgsz, "ori_shape": batch["ori_shape"][si], "ratio_pad": batch["ratio_pad"][si]}
+            masks = None
+            if native is not None:
+                d = native[si]
+                full = ops.process_mask_native(proto[si], d["extra"], d["bboxes"], shape=imgsz)
+                scaled = v.scale_preds({"bboxes": d["bboxes"], "masks": full}, pbatch)
+                masks = scaled["masks"].cpu().numpy()
+            boxes = DetectionValidator.scale_preds(v, pred, pbatch)["bboxes"].cpu().numpy()
+            b, s = detection_results(image_id, boxes, pred["conf"].cpu().numpy(), pred["cls"].cpu().numpy(), self.gt.category, masks)
+            self.boxes += b
+            self.segments += s
+
+    def scores(self, verbose: bool = False) -> dict[str, float]:
+        from .coco import coco_scores
+
+        out = coco_scores(self.gt, self.boxes, "bbox", self.image_ids, verbose=verbose)
+        if self.masks:
+            out.update(coco_scores(self.gt, self.segments, "segm", self.image_ids, verbose=verbose))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- results
+@dataclass
+class Results:
+    """Rows of ``{"model", "dataset", metric: value, ...}`` with table, CSV/JSON export and ``best``."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+    @property
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(r["model"] for r in self.rows))
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(dict.fromkeys(r["dataset"] for r in self.rows))
+
+    @property
+    def metrics(self) -> list[str]:
+        keys: dict[str, None] = {}
+        for r in self.rows:
+            keys.update(dict.fromkeys(k for k in r if k not in ("model", "dataset")))
+        return list(keys)
+
+    def get(self, model: str, dataset: str, metric: str = "map50_95") -> float:
+        """One value; ``KeyError`` when that model/dataset/metric was not scored."""
+        for r in self.rows:
+            if r["model"] == model and r["dataset"] == dataset and metric in r:
+                return r[metric]
+        raise KeyError(f"no {metric} for model {model} on {dataset}")
+
+    def pivot(self, metric: str = "map50_95") -> dict[str, dict[str, float]]:
+        """``{model: {dataset: value}}`` of one metric."""
+        out: dict[str, dict[str, float]] = {}
+        for r in self.rows:
+            if metric in r:
+                out.setdefault(r["model"], {})[r["dataset"]] = r[metric]
+        return out
+
+    def best(self, metric: str = "map50_95", dataset: str | None = None) -> tuple[str, float]:
+        """``(model, value)`` with the highest ``metric`` on ``dataset``, or the highest mean over all datasets."""
+        table = self.pivot(metric)
+        if not table:
+            raise KeyError(f"no model has {metric}")
+        if dataset is not None:
+            scored = {m: v[dataset] for m, v in table.items() if dataset in v}
+        else:
+            scored = {m: sum(v.values()) / len(v) for m, v in table.items()}
+        model = max(scored, key=lambda m: (scored[m] if not math.isnan(scored[m]) else -math.inf))
+        return model, scored[model]
+
+    def table(self, metrics: Sequence[str] | None = None, digits: int = 3) -> str:
+        """A plain-text table, one row per (model, dataset)."""
+        metrics = list(metrics or self.metrics)
+        head = ["model", "dataset", *metrics]
+        body = [[str(r["model"]), str(r["dataset"]), *(_fmt(r.get(m), digits) for m in metrics)] for r in self.rows]
+        widths = [max(len(x) for x in col) for col in zip(head, *body)]
+        lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(cells, widths))) for cells in [head, *body]]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write the rows as CSV (atomically)."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["model", "dataset", *self.metrics], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return write_text_atomic(path, buf.getvalue())
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write the rows as a JSON list (atomically; NaN becomes null)."""
+        rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in self.rows]
+        return write_text_atomic(path, json.dumps(rows, indent=1))
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> Results:
+        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls([{k: (math.nan if v is None else v) for k, v in r.items()} for r in rows])
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def named_models(models: Mapping[str, ModelLike] | Sequence[ModelLike] | ModelLike) -> dict[str, ModelLike]:
+    """``{label: model}``; labels from ``model_label``, made unique with ``#2``, ``#3``..."""
+    if isinstance(models, Mapping):
+        return {str(k): v for k, v in models.items()}
+    items = [models] if isinstance(models, (str, os.PathLike, torch.nn.Module, LoadedModel)) or hasattr(models, "predictor") else list(models)
+    out: dict[str, ModelLike] = {}
+    for m in items:
+        label = base = model_label(m)
+        n = 1
+        while label in out:
+            n += 1
+            label = f"{base}#{n}"
+        out[label] = m
+    return out
+
+
+def evaluate(models: Mapping[str, ModelLike] | Sequence[ModelLike] | ModelLike, data: str | os.PathLike | Sequence[str | os.PathLike], **evaluator_kwargs: Any) -> Results:
+    """Score every model on every dataset (one ``Evaluator``: validators and batches built once) → ``Results``."""
+    from .checkpoint import resolve_weights
+
+    named = named_models(models)
+    for model in named.values():  # a missing file fails before any dataset is decoded
+        if isinstance(model, (str, os.PathLike)):
+            resolve_weights(model, (".pt", ".safetensors"))
+    evaluator = Evaluator(data, **evaluator_kwargs)
+    rows = []
+    for name, model in named.items():
+        for dataset, values in evaluator(model).items():
+            rows.append({"model": name, "dataset": dataset, **values})
+    return Results(rows)
