@@ -71,8 +71,8 @@ class LoadedModel:
         return dict(self.ckpt.get("train_args") or getattr(self.module, "args", None) or {})
 
 
-def resolve_weights(source: str | os.PathLike) -> Path:
-    """A checkpoint path that exists; bare names are also looked up in Ultralytics' ``weights_dir``."""
+def resolve_weights(source: str | os.PathLike, suffixes: tuple[str, ...] = (".pt",)) -> Path:
+    """A model file that exists; bare names are also looked up in Ultralytics' ``weights_dir``."""
     from ultralytics.utils import SETTINGS
 
     path = Path(source).expanduser()
@@ -84,9 +84,8 @@ def resolve_weights(source: str | os.PathLike) -> Path:
         raise CheckpointError(f"model file {source} not found (also looked in weights_dir {SETTINGS['weights_dir']}).")
     if path.is_dir():
         raise CheckpointError(f"model path {source} is a directory, not a .pt checkpoint.")
-    if path.suffix.lower() != ".pt":
-        hint = " (task vectors are applied with apply/vectors=, not loaded as models)" if path.suffix == ".safetensors" else ""
-        raise CheckpointError(f"model file {source} is not a .pt checkpoint{hint}.")
+    if path.suffix.lower() not in suffixes:
+        raise CheckpointError(f"model file {source} is not a .pt checkpoint (or a .safetensors model written by 'yolo-taskvec convert').")
     if path.stat().st_size == 0:
         raise CheckpointError(f"model file {source} is empty (0 bytes).")
     return path
@@ -97,9 +96,9 @@ def input_file(source: Any) -> Path | None:
     if not isinstance(source, (str, os.PathLike)):
         return None
     path = Path(source).expanduser()
-    if path.suffix.lower() == ".pt":
+    if path.suffix.lower() in (".pt", ".safetensors"):
         try:
-            return resolve_weights(path)
+            return resolve_weights(path, (".pt", ".safetensors"))
         except CheckpointError:
             return path
     return path
@@ -116,8 +115,8 @@ def _damage(path: Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        return f"it is corrupt ({e})"
+    except Exception as e:  # noqa: BLE001 - a damaged central directory surfaces as many exception types
+        return f"it is corrupt ({type(e).__name__} while reading the zip directory)"
     return f"it is corrupt (damaged member {bad})" if bad else None
 
 
@@ -127,13 +126,52 @@ def _torch_load(path: Path, safe: bool | None) -> Any:
     damage = _damage(path)
     if damage:
         raise CheckpointError(f"cannot load {path}: {damage}.")
+    missing = _missing_modules(path)
+    if missing:  # Ultralytics would try to pip-install a package the file names: never let a file choose that
+        raise CheckpointError(f"cannot load {path}: it needs Python module '{missing}', which is not installed (yolo-taskvec never installs packages a checkpoint asks for).")
     try:
         ckpt, _ = torch_safe_load(str(path), safe_only=safe)
     except Exception as e:  # noqa: BLE001 - any failure inside unpickling is one user-facing condition
+        refused = _refused_globals(path, e)
+        if refused is not None:
+            raise CheckpointError(f"safe loading refused {path}: it references code outside Ultralytics' allow-list ({refused}); nothing was executed.") from e
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         message = message.replace("ERROR ❌️ ", "")
         raise CheckpointError(f"cannot load {path}: {message}") from e
     return ckpt
+
+
+def _missing_modules(path: Path) -> str | None:
+    """The first top-level module the checkpoint's pickle imports that is not installed (None if all are)."""
+    import importlib.util
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - unreadable pickle: torch.load reports it
+        return None
+    for name in names:
+        top = name.split(".", 1)[0]
+        try:
+            found = importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return top
+    return None
+
+
+def _refused_globals(path: Path, error: BaseException) -> str | None:
+    """The non-torch/Ultralytics globals a weights_only load refused (None if ``error`` is not such a refusal)."""
+    import pickle
+
+    if not isinstance(error.__cause__, pickle.UnpicklingError) or "outside the supported" not in str(error):
+        return None
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - the list is only a hint
+        names = []
+    foreign = [n for n in names if not n.startswith(("torch.", "ultralytics.", "collections.", "numpy.", "pathlib."))]
+    return ", ".join(foreign[:4]) or "unknown types"
 
 
 def _describe(obj: Any) -> str:
@@ -177,6 +215,10 @@ def load_model(source: ModelLike, *, safe: bool | None = None) -> LoadedModel:
     """
     if isinstance(source, LoadedModel):
         return source
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".safetensors":
+        from .convert import load_converted  # a model converted to safetensors: no pickle involved
+
+        return load_converted(source)
     if isinstance(source, (str, os.PathLike)):
         return _check_unfused(_from_checkpoint(resolve_weights(source), safe))
     from ultralytics.engine.model import Model
@@ -286,6 +328,10 @@ def save_checkpoint(model: Any, path: str | os.PathLike, *, provenance: Mapping[
     if not isinstance(module, torch.nn.Module):
         raise OutputError(f"cannot save {type(model).__name__}: not a PyTorch model.")
     path = Path(path)
+    if path.suffix.lower() != ".pt":
+        raise OutputError(f"cannot save a model as {path}: Ultralytics checkpoints need a .pt name.")
+    sources = [getattr(model, "ckpt_path", None), getattr(module, "pt_path", None)]
+    inputs = [*inputs, *(s for s in sources if isinstance(s, (str, os.PathLike)))]
     _check_fp16_range(module, path)
     half = copy.deepcopy(module).half().eval()
     for p in half.parameters():
@@ -306,8 +352,8 @@ def save_checkpoint(model: Any, path: str | os.PathLike, *, provenance: Mapping[
         "train_args": args,
         "taskvec": _plain(dict(provenance or {})),
     }
-    with atomic_output(path, inputs) as tmp:
-        torch.save(ckpt, tmp)
+    with atomic_output(path, inputs) as tmp, open(tmp, "wb") as f:
+        torch.save(ckpt, f)  # through a file object, so a full disk raises OSError(ENOSPC), not a bare RuntimeError
     return path
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +22,41 @@ def load_data(data: str | os.PathLike, split: str = "val") -> dict[str, Any]:
         raise DataError(f"dataset {text} is not a .yaml file.")
     text = str(resolve_yaml(path))
     try:
-        return check_det_dataset(text, autodownload=False, split=split)
+        with _no_font_download():
+            return check_det_dataset(text, autodownload=False, split=split)
     except FileNotFoundError as e:
         message = str(e).splitlines()[0]
         if "images not found" in message or "missing path" in message:
             raise DataError(f"dataset {text}: {message.split('images not found, ')[-1]} (images not found).") from e
         raise DataError(f"dataset yaml {text} not found (also looked in Ultralytics' datasets).") from e
     except Exception as e:  # noqa: BLE001 - Ultralytics raises SyntaxError/TypeError/YAML errors for bad yamls
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"dataset yaml {text} is malformed: {first.replace('❌', '').strip()}") from e
+        raise DataError(f"dataset yaml {text} is malformed: {_reason(e, text)}") from e
+
+
+@contextlib.contextmanager
+def _no_font_download() -> Iterator[None]:
+    """``check_det_dataset`` asks GitHub for a plotting font (even with ``YOLO_OFFLINE=1``); reading a dataset needs
+    none, so the check is skipped here (Ultralytics' plotting still fetches it when it draws)."""
+    import ultralytics.data.utils as data_utils
+
+    original = data_utils.check_font
+    data_utils.check_font = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        data_utils.check_font = original
+
+
+def _reason(error: BaseException, path: str) -> str:
+    """Ultralytics' first line, without emoji, links or the repeated file name, ending in one period."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    first = re.sub(r"(Verify YAML with )?https?://\S+", "", first.replace("❌", ""))
+    for name in (f"'{path}'", path):
+        first = first.replace(f" in {name}", "").replace(name, "")
+    first = re.sub(r"\s+", " ", first).strip(" :.") or type(error).__name__
+    if first.startswith("is "):
+        first = "it " + first
+    return first + "."
 
 
 def resolve_yaml(path: Path) -> Path:

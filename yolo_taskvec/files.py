@@ -13,6 +13,7 @@ Dense tensors are stored as fp32, fp16 or bf16; ``compress.py`` adds sparse, low
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -30,6 +31,9 @@ FORMAT = "yolo-taskvec"
 FORMAT_VERSION = 1
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ROLES = ("delta", "absolute")
+CHECKSUM = "sha256"
+MODEL_FORMAT = "yolo-taskvec-model"  # a whole model converted to safetensors (convert.py), not a task vector
+MAX_TENSOR_VALUES = 2**28  # per tensor (1 GiB in fp32): a file cannot make the loader allocate without bound
 
 Encoder = Callable[[str, torch.Tensor], tuple[dict[str, torch.Tensor], dict[str, Any]]]
 Decoder = Callable[[dict[str, torch.Tensor], Mapping[str, Any], tuple[int, ...]], torch.Tensor]
@@ -69,6 +73,11 @@ def save_vector(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32",
     """Write ``tv`` to a safetensors file atomically. ``encoder`` defaults to dense ``dtype``."""
     from safetensors.torch import save_file
 
+    path = Path(path)
+    if path.suffix.lower() == ".pt":
+        raise VectorFileError(f"cannot save a task vector as {path}: .pt names are for checkpoints; use .safetensors.")
+    sources = (tv.meta.get(k) for k in ("source", "base_source", "source_file"))
+    inputs = (*inputs, *(s for s in sources if isinstance(s, str) and s))  # never overwrite what it came from
     encoder = encoder or dense_encoder(dtype)
     tensors: dict[str, torch.Tensor] = {}
     encodings: dict[str, dict[str, Any]] = {}
@@ -83,9 +92,26 @@ def save_vector(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32",
             encodings[f"{role}/{key}"] = {**info, "role": role, "shape": list(t.shape)}
     meta = {**_jsonable(tv.meta), **_jsonable(dict(extra_meta or {})), "dtype": dtype}
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "meta": json.dumps(meta), "encodings": json.dumps(encodings)}
+    metadata[CHECKSUM] = content_digest(metadata, tensors)
     with atomic_output(path, inputs) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
+
+
+def content_digest(metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the metadata (without the checksum itself) and every tensor's name, dtype, shape and bytes.
+
+    Stored under ``sha256`` and verified on load: safetensors has no checksum of its own, so without it a flipped
+    bit in the data would load silently as a slightly different vector.
+    """
+    h = hashlib.sha256()
+    for key in sorted(k for k in metadata if k != CHECKSUM):
+        h.update(f"{key}={metadata[key]}\n".encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _jsonable(obj: Any) -> Any:
@@ -133,6 +159,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def _parse_metadata(path: Path, metadata: Mapping[str, str], names: set[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    if metadata.get("format") == MODEL_FORMAT:
+        raise VectorFileError(f"{path} is a whole model converted to safetensors, not a task vector; use it as a model (base=, models=).")
     if metadata.get("format") != FORMAT:
         raise VectorFileError(f"{path} is a safetensors file but not a yolo-taskvec task vector (no '{FORMAT}' metadata).")
     try:
@@ -154,8 +182,10 @@ def _parse_metadata(path: Path, metadata: Mapping[str, str], names: set[str]) ->
         if role not in ROLES or not key or not isinstance(info, dict) or info.get("kind") not in DECODERS:
             raise VectorFileError(f"{path} has a corrupted encoding entry for {name!r}.")
         shape = info.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
             raise VectorFileError(f"{path} has a corrupted shape for {name}.")
+        if math.prod(shape) > MAX_TENSOR_VALUES:
+            raise VectorFileError(f"{path} declares {name} with shape {shape}, larger than any YOLO tensor; the file is corrupt or malicious.")
         expected |= {n for n in names if n == name or n.startswith(name + "#")}
         if not any(n == name or n.startswith(name + "#") for n in names):
             raise VectorFileError(f"{path} is missing tensor {name} listed in its metadata.")
@@ -165,27 +195,48 @@ def _parse_metadata(path: Path, metadata: Mapping[str, str], names: set[str]) ->
     return meta, encodings
 
 
+def read_snapshot(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """``(metadata, tensors)`` of a safetensors file from ONE read of its bytes.
+
+    ``safe_open`` re-opens the file by name for the tensor data, so a file replaced in between (another process
+    saving the same path) pairs one version's header with the other's data; one read cannot. Raises whatever
+    safetensors raises for a damaged file.
+    """
+    from safetensors.torch import load
+
+    data = Path(path).read_bytes()
+    tensors = load(data)  # validates the header, offsets, dtypes and shapes
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError("its __metadata__ is not a mapping of strings")
+    return metadata, tensors
+
+
 def load_vector(path: str | os.PathLike, cls: type[TaskVector] = TaskVector) -> TaskVector:
     """Read a task-vector file (dense or compressed) into a dense fp32 TaskVector; checks every tensor."""
-    from safetensors import safe_open
-
-    meta, encodings = read_header(path)
-    path = Path(path)
+    path = _check_path(path)
+    try:
+        metadata, raw = read_snapshot(path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise VectorFileError(f"{path} is not a valid safetensors file ({_first_line(e)}).") from e
+    meta, encodings = _parse_metadata(path, metadata, set(raw))
     deltas: dict[str, torch.Tensor] = {}
     absolute: dict[str, torch.Tensor] = {}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            names = list(f.keys())
-            for name, info in encodings.items():
-                prefix = name + "#"
-                fields = {n[len(prefix):] if n.startswith(prefix) else "": f.get_tensor(n) for n in names if n == name or n.startswith(prefix)}
-                tensor = _decode(path, name, fields, info)
-                role, _, key = name.partition("/")
-                (deltas if role == "delta" else absolute)[key] = tensor
-    except VectorFileError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a damaged data section surfaces from safetensors in several types
-        raise VectorFileError(f"{path} is damaged: its tensor data cannot be read ({_first_line(e)}).") from e
+    recorded = metadata.get(CHECKSUM)
+    if recorded is not None and recorded != content_digest(metadata, raw):  # files written before checksums: no check
+        raise VectorFileError(f"{path} is corrupt: its content does not match the sha256 recorded when it was saved (damaged in transfer?).")
+    for name, info in encodings.items():
+        prefix = name + "#"
+        fields = {n[len(prefix):] if n.startswith(prefix) else "": t for n, t in raw.items() if n == name or n.startswith(prefix)}
+        try:
+            tensor = _decode(path, name, fields, info)
+        except VectorFileError:
+            raise
+        except Exception as e:  # noqa: BLE001 - fields inconsistent with their encoding
+            raise VectorFileError(f"{path}: tensor {name} cannot be decoded ({_first_line(e)}).") from e
+        role, _, key = name.partition("/")
+        (deltas if role == "delta" else absolute)[key] = tensor
     return cls(deltas, absolute, meta)
 
 
