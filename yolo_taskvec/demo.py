@@ -1,0 +1,159 @@
+"""The day/night story end to end: ``yolo-taskvec demo``.
+
+A base detector (good by day) and its fine-tune on night images (good at night, worse by day): extract the night
+task vector τ = tuned − base, validate ``base + α·τ`` on day and night data for a grid of α, print the table, plot
+it, and save the merged model at the best α (the best mean of day mAP relative to the base and night mAP relative
+to the fine-tune).
+
+Inputs are found through Ultralytics' settings, so the demo runs wherever those point:
+
+* weights in ``weights_dir``: base ``yolo26n-base80.pt`` (else the official ``yolo26n.pt``), fine-tune
+  ``yolo26n-fruit-night.pt``;
+* dataset yamls ``fruit80.yaml`` (day) and ``fruit80-night.yaml`` (night), in the working folder or ``datasets_dir``.
+
+Anything can be given instead: ``base=``, ``tuned=``, ``day=``, ``night=``. Outputs go to ``out=`` or a new
+``runs_dir/taskvec/demoN`` folder: ``night.safetensors``, ``sweep.csv``/``sweep.json``/``sweep.png`` and
+``merged.pt`` (a standard Ultralytics checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import TaskVecError
+
+BASES = ("yolo26n-base80.pt", "yolo26n.pt")
+TUNED = ("yolo26n-fruit-night.pt",)
+DAY = ("fruit80.yaml",)
+NIGHT = ("fruit80-night.yaml",)
+DEFAULT_SCALES = "0:1:0.1"
+
+
+class DemoInputError(TaskVecError):
+    """The demo cannot find its weights or data."""
+
+
+@dataclass
+class DemoResult:
+    """Everything the demo produced."""
+
+    folder: Path
+    vector: Path
+    merged: Path
+    sweep: Any  # yolo_taskvec.sweep.SweepResult
+    inputs: dict[str, str]
+
+    @property
+    def best_scale(self) -> float:
+        return float(self.sweep.best_point["scale"])
+
+
+def _first(candidates: Sequence[str], exists: Callable[[str], Path | None]) -> Path | None:
+    for name in candidates:
+        found = exists(name)
+        if found is not None:
+            return found
+    return None
+
+
+def _weight(name: str) -> Path | None:
+    from ultralytics.utils import SETTINGS
+
+    for path in (Path(name).expanduser(), Path(SETTINGS["weights_dir"]) / name):
+        if path.is_file():
+            return path
+    return None
+
+
+def _yaml(name: str) -> Path | None:
+    from .data import resolve_yaml
+
+    path = resolve_yaml(Path(name).expanduser())
+    return path if path.is_file() else None
+
+
+def find_inputs(base: Any = None, tuned: Any = None, day: Any = None, night: Any = None) -> dict[str, str]:
+    """The demo's four inputs: the given ones, else the first default found through Ultralytics' settings."""
+    from ultralytics.utils import SETTINGS, SETTINGS_FILE
+
+    how = f"set them with 'yolo settings weights_dir=... datasets_dir=...' (now weights_dir={SETTINGS['weights_dir']}, datasets_dir={SETTINGS['datasets_dir']}, in {SETTINGS_FILE})"
+    wanted = {
+        "base": (base, BASES, _weight, "base checkpoint"),
+        "tuned": (tuned, TUNED, _weight, "night fine-tune of the base"),
+        "day": (day, DAY, _yaml, "day dataset yaml"),
+        "night": (night, NIGHT, _yaml, "night dataset yaml"),
+    }
+    found: dict[str, str] = {}
+    for key, (given, defaults, lookup, what) in wanted.items():
+        if given is not None:
+            found[key] = str(given)
+            continue
+        path = _first(defaults, lookup)
+        if path is None:
+            raise DemoInputError(f"the demo found no {what} ({' or '.join(defaults)}): pass {key}=... or put it in {'weights_dir' if lookup is _weight else 'datasets_dir'}; {how}.")
+        found[key] = str(path)
+    return found
+
+
+def run_demo(
+    base: Any = None,
+    tuned: Any = None,
+    day: Any = None,
+    night: Any = None,
+    *,
+    scales: Any = DEFAULT_SCALES,
+    imgsz: int = 320,
+    batch: int = 16,
+    device: Any = None,
+    out: str | os.PathLike | None = None,
+    verbose: bool = True,
+    echo: Callable[[str], Any] = print,
+) -> DemoResult:
+    """Extract τ(night), sweep α on day and night data, save the merged model at the best α (see the module doc)."""
+    from .api import TaskVector, save
+    from .checkpoint import load_model
+    from .data import dataset_name, load_data
+    from .sweep import parse_grid, prepare_out, sweep
+
+    inputs = find_inputs(base, tuned, day, night)
+    day_name, night_name = dataset_name(inputs["day"]), dataset_name(inputs["night"])
+    if day_name == night_name:
+        raise DemoInputError(f"the day and night yamls have the same name '{day_name}'; give them different file names.")
+    parse_grid(scales)  # a bad grid fails before any work
+    b, t = load_model(inputs["base"]), load_model(inputs["tuned"])
+    for key in ("day", "night"):
+        load_data(inputs[key])
+    folder = prepare_out(out, "demo")
+    echo(f"base  {inputs['base']}\ntuned {inputs['tuned']}\nday   {inputs['day']}\nnight {inputs['night']}\nout   {folder}\n")
+
+    tv = TaskVector.from_models(b, t, name="night")
+    vector = tv.save(folder / "night.safetensors")
+    echo(f"τ = tuned − base: {tv!r} -> {vector}")
+
+    result = sweep(
+        b,
+        [str(vector)],
+        data=[inputs["day"], inputs["night"]],
+        scales=scales,
+        reference={day_name: inputs["base"], night_name: inputs["tuned"]},
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        out=folder,
+        verbose=verbose,
+    )
+    echo(f"\nbase + α·τ at imgsz {imgsz} (norm = mAP50-95 / base's on day, / fine-tune's on night):\n{result.table()}")
+
+    merged = save(result.best_model(), folder / "merged.pt", inputs=[inputs["base"], inputs["tuned"]])
+    best = result.best
+    alpha = best["scale"]
+    echo(
+        f"\nbest α = {alpha:g}: {day_name} {best[f'{day_name}/map50_95']:.3f} ({best[f'{day_name}/norm']:.1%} of the base), "
+        f"{night_name} {best[f'{night_name}/map50_95']:.3f} ({best[f'{night_name}/norm']:.1%} of the fine-tune)\n"
+        f"plot   {result.files.get('png')}\nmerged {merged}  (yolo val model={merged} data={inputs['night']} imgsz={imgsz})"
+    )
+    return DemoResult(folder, vector, merged, result, inputs)
