@@ -56,7 +56,7 @@ subprocess.run(
         sys.executable,
         "-c",
         "import sys; from ultralytics.utils import SETTINGS; "
-        "SETTINGS.update(datasets_dir=sys.argv[1], weights_dir=sys.argv[2], runs_dir=sys.argv[3], sync=False)",
+        "SETTINGS.update(datasets_dir=sys.argv[1], weights_dir=sys.argv[2], runs_dir=sys.argv[3], sync=False, raytune=False)",
         str(DATASETS),
         str(WEIGHTS),
         str(_CONFIG_DIR / "runs"),

@@ -18,6 +18,7 @@ import torch
 
 from . import taskvector as core
 from .checkpoint import LoadedModel, ModelLike, build_module, check_same_architecture, load_model, save_checkpoint, to_yolo
+from .convert import is_converted_model
 from .errors import MismatchError, TaskVecError
 from .files import load_vector, save_vector
 from .merging import DEFAULT_BN, MergeReport, merge_states
@@ -56,8 +57,9 @@ class TaskVector(core.TaskVector):
         return load_vector(path, cls)
 
     def save(self, path: str | os.PathLike, *, dtype: str = "fp32", **compression: Any) -> Path:
-        """Write a safetensors file; ``keep=``, ``rank=``, ``quant=`` options compress it (see ``compress``)."""
-        if compression:
+        """Write a safetensors file; ``keep=``, ``scope=``, ``rank=``, ``energy=``, ``quant=`` options (and
+        ``dtype="int8"``) compress it (see ``compress``)."""
+        if compression or dtype == "int8":
             from .compress import save_compressed
 
             return save_compressed(self, path, dtype=dtype, **compression)
@@ -81,7 +83,7 @@ def as_vectors(base: LoadedModel, items: Sequence[Any], *, parts: Iterable[str] 
             tv = item
         elif isinstance(item, core.TaskVector):
             tv = TaskVector(item.deltas, item.absolute, item.meta)
-        elif isinstance(item, (str, os.PathLike)) and Path(item).suffix.lower() == ".safetensors":
+        elif isinstance(item, (str, os.PathLike)) and Path(item).suffix.lower() == ".safetensors" and not is_converted_model(item):
             tv = TaskVector.load(item)
             tv.meta["source_file"] = str(Path(item).resolve())
         else:
@@ -123,6 +125,7 @@ def merge(
     seed: int = 0,
     force: bool = False,
     imgsz: int = 640,
+    orthogonalize: bool = False,
     **params: Any,
 ):
     """Merge fine-tunes or task vectors into ``base``; returns a ready ``ultralytics.YOLO``.
@@ -130,6 +133,7 @@ def merge(
     ``scale``: float or per-part mapping; ``weights``: one per model; ``bn``: BatchNorm policy (``merge``,
     ``geometric``, ``base``, ``recalibrate`` with ``bn_data`` yamls); ``classes``: what to do when class sets
     differ (``error``, ``base`` keeps the base's class branch, ``union`` builds one detector over all classes);
+    ``orthogonalize``: first remove from each vector its projection on the others (per tensor);
     ``params``: the method's own parameters (e.g. ``density=0.2``).
     """
     if classes not in CLASS_POLICIES:
@@ -138,8 +142,16 @@ def merge(
     if classes == "union":
         from .heads import merge_union
 
-        return merge_union(b, models, method=method, scale=scale, weights=weights, bn=bn, bn_data=bn_data, bn_batches=bn_batches, parts=parts, seed=seed, force=force, imgsz=imgsz, **params)
-    vectors = as_vectors(b, models, parts=parts, unmatched=unmatched)
+        vectors = as_vectors(b, models, unmatched="carry")
+        check_fingerprints(b, vectors, force)
+        module, report, recipe = merge_union(b, vectors, method=method, scale=scale, weights=weights, bn=bn, bn_data=bn_data, bn_batches=bn_batches, parts=parts, seed=seed, imgsz=imgsz, orthogonalize=orthogonalize, **params)
+        return finish(module, b, vectors, report, **recipe)
+    try:
+        vectors = as_vectors(b, models, parts=parts, unmatched=unmatched)
+    except MismatchError:  # a class branch of another shape: the class policy answers first, not `unmatched`
+        vectors = as_vectors(b, models, parts=parts, unmatched="carry")
+        if not any(_class_sets_differ(b, tv) for tv in vectors):
+            raise
     check_fingerprints(b, vectors, force)
     differing = [tv for tv in vectors if _class_sets_differ(b, tv)]
     if differing and classes == "error":
@@ -149,8 +161,8 @@ def merge(
             f"({_short_names(b.names)}); use classes=union for one detector over all classes, or classes=base to keep the base's class branch."
         )
     if differing:  # classes == "base": the class branch stays the base's
-        vectors = [_without_class_branch(tv) if tv in differing else tv for tv in vectors]
-    state, report = merge_states(b.state, vectors, method, weights=weights, scale=scale, params=params, bn=bn, seed=seed, layout=b.layout)
+        vectors = [_without_class_branch(tv) if _class_sets_differ(b, tv) else tv for tv in vectors]
+    state, report = merge_states(b.state, vectors, method, weights=weights, scale=scale, params=params, bn=bn, seed=seed, layout=b.layout, orthogonalize=orthogonalize)
     target = next((tv.meta.get("target_yaml") for tv in vectors if tv.absolute and tv.meta.get("target_yaml")), None)
     names = next((tv.meta.get("names") for tv in vectors if tv.absolute and tv.meta.get("target_yaml")), None)
     module = build_module(b, state, target_yaml=target, names=names)
@@ -158,7 +170,7 @@ def merge(
         from .bn import recalibrate
 
         recalibrate(module, bn_data, batches=bn_batches, imgsz=imgsz)
-    return finish(module, b, vectors, report, scale=scale, weights=weights)
+    return finish(module, b, vectors, report, scale=scale, weights=weights, orthogonalize=orthogonalize or None)
 
 
 def _short_names(names: Mapping) -> str:
