@@ -220,3 +220,25 @@ def test_convert_cli_both_ways(base_pt, base_model, tmp_path, capsys):
     assert main(["info", f"model={st}"]) == 0 and base_model.fingerprint[:16] in capsys.readouterr().out
     assert main(["info", f"vectors={st}"]) == 2
     assert "is a whole model converted to safetensors, not a task vector" in capsys.readouterr().err
+
+
+def test_convert_a_finetune_whose_classes_changed(tmp_path):
+    """Ultralytics keeps the base's class-branch width (80) when nc changes (raccoon nc=1): the rebuild must fit it."""
+    from conftest import weight
+
+    source = load_model(weight("yolo26n-raccoon.pt"))
+    back = load_model(to_safetensors(source, tmp_path / "raccoon.safetensors"))
+    assert back.names == {0: "raccoon"} and back.module.model[-1].cv3[0][0][1].conv.weight.shape[0] == 80
+    assert back.state.keys() == source.state.keys()
+    assert all(torch.equal(back.state[k], v) for k, v in source.state.items())
+
+
+def test_convert_refuses_a_class_union_head(tmp_path, base_pt):
+    from conftest import weight
+
+    from yolo_taskvec import merge, save
+
+    union = save(merge(base_pt, [weight("yolo26n-raccoon.pt")], classes="union", scale=0.0), tmp_path / "union.pt")
+    with pytest.raises(CheckpointError, match="its layers differ from what its yaml builds .*keep it as a .pt checkpoint"):
+        to_safetensors(union, tmp_path / "union.safetensors")
+    assert not (tmp_path / "union.safetensors").exists()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -254,7 +254,7 @@ def build_module(base: LoadedModel, state: Mapping[str, torch.Tensor], *, target
     if target_yaml is None or dict(target_yaml) == dict(base.yaml):
         module = copy.deepcopy(base.module)
     else:
-        module = _module_from_yaml(target_yaml)
+        module = _module_from_yaml(target_yaml, {k: tuple(v.shape) for k, v in state.items()})
         module.args = dict(base.module.args)
     missing, unexpected = _load_state(module, state)
     if missing or unexpected:
@@ -267,7 +267,8 @@ def build_module(base: LoadedModel, state: Mapping[str, torch.Tensor], *, target
     return module.float().eval()
 
 
-def _module_from_yaml(yaml: Mapping) -> torch.nn.Module:
+def _module_from_yaml(yaml: Mapping, shapes: Mapping[str, Sequence[int]] | None = None) -> torch.nn.Module:
+    """Build a model from its yaml; with ``shapes`` (of the tensors it must hold), resize layers to fit them."""
     from ultralytics import YOLO
     from ultralytics.nn.tasks import guess_model_task
 
@@ -276,7 +277,40 @@ def _module_from_yaml(yaml: Mapping) -> torch.nn.Module:
     model_cls = YOLO.__new__(YOLO).task_map[task]["model"]
     module = model_cls(cfg=cfg, nc=cfg.get("nc"), verbose=False)
     module.task = task
+    if shapes is not None:
+        fit_to_shapes(module, shapes)
     return module
+
+
+def replace_submodule(root: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
+    """Put ``new`` where the submodule ``name`` (dotted, list indices included) is."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new) if not child.isdigit() else parent.__setitem__(int(child), new)
+
+
+def fit_to_shapes(module: torch.nn.Module, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Resize the class branch's Conv2d/BatchNorm2d layers to the shapes of the tensors they must hold.
+
+    When a fine-tune changes the number of classes, Ultralytics keeps the class branch's width from the checkpoint it
+    started from (e.g. 80 channels for nc=1), so a rebuild from the fine-tune's yaml (width 64) does not fit it.
+    Only the head's class branches (``cv3``, ``one2one_cv3``) are resized; any other mismatch stays an error.
+    """
+    head = f"model.{len(module.yaml['backbone']) + len(module.yaml['head']) - 1}."
+    for name, m in list(module.named_modules()):
+        stored = shapes.get(f"{name}.weight")
+        if not name.startswith((head + "cv3.", head + "one2one_cv3.")) or stored is None:
+            continue
+        if not isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d)) or tuple(m.weight.shape) == tuple(stored):
+            continue
+        if isinstance(m, torch.nn.BatchNorm2d):
+            replace_submodule(module, name, torch.nn.BatchNorm2d(stored[0], m.eps, m.momentum))
+            continue
+        out, per_group, kh, kw = stored
+        depthwise = m.groups == m.in_channels == m.out_channels and per_group == 1
+        groups = out if depthwise else m.groups
+        new = torch.nn.Conv2d(per_group * groups, out, (kh, kw), m.stride, m.padding, m.dilation, groups, bias=f"{name}.bias" in shapes)
+        replace_submodule(module, name, new)
 
 
 def _load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:

@@ -51,6 +51,7 @@ def to_safetensors(model: ModelLike, out: str | os.PathLike, *, dtype: str = "fp
         raise OutputError(f"cannot convert to {out}: a converted model is a .safetensors file.")
     check_output(out, [*inputs, input_file(model)])  # before loading: fail fast, never overwrite the source
     loaded = load_model(model)
+    _check_rebuildable(loaded)
     tensors = {}
     for key, t in loaded.module.state_dict().items():
         t = t.detach().cpu()
@@ -75,6 +76,15 @@ def to_safetensors(model: ModelLike, out: str | os.PathLike, *, dtype: str = "fp
     with atomic_output(out, [*inputs, loaded.path]) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return out
+
+
+def _check_rebuildable(loaded: LoadedModel) -> None:
+    """Refuse a model whose layers are not what its yaml builds (a converted file must load without pickle)."""
+    state = loaded.module.state_dict()
+    own = _build(loaded.yaml, Path(loaded.source), {k: tuple(v.shape) for k, v in state.items()}).state_dict()
+    odd = sorted(set(own) ^ set(state)) or [k for k in own if own[k].shape != state[k].shape]
+    if odd:
+        raise CheckpointError(f"cannot convert {loaded.name}: its layers differ from what its yaml builds (e.g. {odd[0]}; a class-union head?); keep it as a .pt checkpoint.")
 
 
 def from_safetensors(path: str | os.PathLike):
@@ -127,7 +137,7 @@ def load_converted(source: str | os.PathLike) -> LoadedModel:
     if not isinstance(yaml, dict) or not isinstance(names, dict) or not isinstance(train_args, dict):
         raise CheckpointError(f"{path} has corrupted model metadata (yaml, names and train_args must be JSON objects).")
     check_yaml_is_safe(yaml, path)
-    module = _build(yaml, path)
+    module = _build(yaml, path, shapes)
     own = module.state_dict()
     if set(own) != set(shapes) or any(tuple(own[k].shape) != shapes[k] for k in own):
         key = next((k for k in sorted(set(own) ^ set(shapes))), None) or next(k for k in own if tuple(own[k].shape) != shapes[k])
@@ -231,12 +241,12 @@ def _restricted_construction() -> Iterator[None]:
         local.active = previous
 
 
-def _build(yaml: Mapping[str, Any], path: Path) -> torch.nn.Module:
+def _build(yaml: Mapping[str, Any], path: Path, shapes: Mapping[str, tuple[int, ...]]) -> torch.nn.Module:
     from .checkpoint import _module_from_yaml
 
     try:
         with _restricted_construction():
-            return _module_from_yaml(yaml)
+            return _module_from_yaml(yaml, shapes)
     except Exception as e:  # noqa: BLE001 - any failure to build from the yaml is one condition
         raise CheckpointError(f"{path}: its model yaml does not build ({_first_line(e)}).") from e
 

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import LoadedModel, build_module, load_model
+from .checkpoint import LoadedModel, build_module, load_model, replace_submodule
 from .errors import DataError, MismatchError, OutputError, TaskVecError
 from .parts import check_selection, matches
 from .taskvector import TaskVector
@@ -352,7 +352,7 @@ def _union_level(level: nn.Module, units: list[_Unit], tensors: list[Mapping[str
         k = u.conv
         if u.final:
             new = _final_conv(k, ws, [_get(t, f"{u.name}.bias", where) for t in tensors], coefs, in_widths, n, where)
-            _replace(out, u.name, new)
+            replace_submodule(out, u.name, new)
             break
         widths = [w.shape[0] for w in ws]
         for w, cin in zip(ws, in_widths):
@@ -378,15 +378,9 @@ def _union_level(level: nn.Module, units: list[_Unit], tensors: list[Mapping[str
         _set_bn(new, u.module.bn, [{f: _get(t, f"{u.name}.bn.{f}", where) for f in ("weight", "bias", "running_mean", "running_var")} for t in tensors], pad_out)
         new.conv.weight.data.copy_(weight)
         new.requires_grad_(False)
-        _replace(out, u.name, nn.Sequential(repeat, new) if repeat is not None else new)
+        replace_submodule(out, u.name, nn.Sequential(repeat, new) if repeat is not None else new)
         in_widths, shared_input = widths, False  # real widths per task; their blocks are padded to pad_out
     return out
-
-
-def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new) if not child.isdigit() else parent.__setitem__(int(child), new)
 
 
 def _repeat_conv(width: int, tasks: int) -> nn.Conv2d:
