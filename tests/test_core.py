@@ -209,3 +209,18 @@ def test_checkpoint_zip_is_readable(night_vector, base_pt, tmp_path):
 def test_layout_from_yaml_without_sections():
     with pytest.raises(TaskVecError, match="backbone"):
         Layout.from_yaml({"nc": 3})
+
+
+def test_save_never_overwrites_the_finetune_behind_a_vector_file(base_pt, night_pt, tmp_path):
+    import os
+    import shutil
+
+    tuned = tmp_path / "tuned.pt"
+    shutil.copy(night_pt, tuned)
+    os.chmod(tuned, 0o644)
+    TaskVector.from_models(base_pt, tuned).save(tmp_path / "v.safetensors")
+    merged = merge(base_pt, [tmp_path / "v.safetensors"], scale=0.5)
+    digest = sha256(tuned)
+    with pytest.raises(TaskVecError, match="also an input"):
+        save(merged, tuned)
+    assert sha256(tuned) == digest

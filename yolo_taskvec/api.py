@@ -189,7 +189,7 @@ def finish(module: torch.nn.Module, base: LoadedModel, vectors: Sequence[core.Ta
     """Wrap the merged module as YOLO, with the merge's provenance attached for ``save``."""
     provenance = {
         "base": base.source,
-        "inputs": [str(p) for p in [base.path, *(_input_path(tv) for tv in vectors)] if p],
+        "inputs": [str(p) for p in [base.path, *(p for tv in vectors for p in _input_paths(tv))] if p],
         "base_fingerprint": base.fingerprint,
         "vectors": [tv.meta.get("name", "?") for tv in vectors],
         **report.as_dict(),
@@ -199,9 +199,10 @@ def finish(module: torch.nn.Module, base: LoadedModel, vectors: Sequence[core.Ta
     return yolo
 
 
-def _input_path(tv: core.TaskVector) -> str | None:
-    """The file a vector came from: its vector file, or the checkpoint it was extracted from."""
-    return tv.meta.get("source_file") or (tv.meta.get("source") if str(tv.meta.get("source", "")).endswith(".pt") else None)
+def _input_paths(tv: core.TaskVector) -> list[str]:
+    """The files behind a vector: its vector file and the checkpoint it was extracted from (never overwritten)."""
+    source = str(tv.meta.get("source", ""))
+    return [p for p in (tv.meta.get("source_file"), source if source.endswith(".pt") else None) if p]
 
 
 def save(model: Any, path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = ()) -> Path:
