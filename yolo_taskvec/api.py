@@ -124,7 +124,7 @@ def merge(
     unmatched: str = "error",
     seed: int = 0,
     force: bool = False,
-    imgsz: int = 640,
+    imgsz: int | None = None,
     orthogonalize: bool = False,
     **params: Any,
 ):
@@ -139,6 +139,7 @@ def merge(
     if classes not in CLASS_POLICIES:
         raise TaskVecError(f"unknown class policy '{classes}'; choose one of {', '.join(CLASS_POLICIES)}.")
     b = load_model(base)
+    imgsz = imgsz or int(b.train_args.get("imgsz") or 640)  # recalibration images at the size the base was trained at
     if classes == "union":
         from .heads import merge_union
 

@@ -108,7 +108,7 @@ ARGS: dict[str, Arg] = {
     "seed": Arg(0, _int, "seed of random methods (dare, ...)"),
     "orthogonalize": Arg(False, _bool, "remove from each vector its projection on the others before merging"),
     "force": Arg(False, _bool, "apply vectors to a base with another fingerprint"),
-    "imgsz": Arg(640, _int, "image size for validation and recalibration"),
+    "imgsz": Arg(None, _int, "image size for validation and recalibration (default: the base's training size, as YOLO val does)"),
     "data": Arg(None, _list, "dataset yaml(s), comma-separated, e.g. fruit80.yaml,fruit80-night.yaml"),
     "preset": Arg("night", _str, "image transform: night, fog, blur, noise"),
     "day": Arg(None, _str, "demo: day dataset yaml (default fruit80.yaml from datasets_dir)"),

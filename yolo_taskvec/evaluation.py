@@ -635,14 +635,27 @@ def named_models(models: Mapping[str, ModelLike] | Sequence[ModelLike] | ModelLi
     return out
 
 
+def training_imgsz(model: ModelLike) -> int:
+    """The image size a model was trained at (640 when its checkpoint does not say)."""
+    if isinstance(model, LoadedModel):
+        return int(model.train_args.get("imgsz") or 640)
+    source, _ = source_module(model)
+    return int((getattr(source, "args", None) or {}).get("imgsz") or 640)
+
+
 def evaluate(models: Mapping[str, ModelLike] | Sequence[ModelLike] | ModelLike, data: str | os.PathLike | Sequence[str | os.PathLike], **evaluator_kwargs: Any) -> Results:
-    """Score every model on every dataset (one ``Evaluator``: validators and batches built once) → ``Results``."""
+    """Score every model on every dataset (one ``Evaluator``: validators and batches built once) → ``Results``.
+
+    Without ``imgsz``, the first model's training image size is used, as ``YOLO(path).val()`` does.
+    """
     from .checkpoint import resolve_weights
 
     named = named_models(models)
     for model in named.values():  # a missing file fails before any dataset is decoded
         if isinstance(model, (str, os.PathLike)):
             resolve_weights(model, (".pt", ".safetensors"))
+    if evaluator_kwargs.get("imgsz") is None and named:  # as YOLO(path).val(): the model's training size
+        evaluator_kwargs["imgsz"] = training_imgsz(next(iter(named.values())))
     evaluator = Evaluator(data, **evaluator_kwargs)
     rows = []
     for name, model in named.items():

@@ -565,9 +565,14 @@ def prepare_out(out: str | os.PathLike | None, kind: str) -> Path:
     return path
 
 
-def setup(base: ModelLike, vectors: Sequence[Any], data: Any, *, reference: Any, metric: str, objective: Any, evaluator: Evaluate | None, eval_kw: Mapping[str, Any], merge_kw: Mapping[str, Any], parts: Iterable[str] | None, unmatched: str, force: bool) -> tuple[LoadedModel, list[TaskVector], list[str], Evaluate, Objective, dict[str, Any]]:
-    """Shared by sweep/search/soup: load the base once, extract the vectors once, resolve datasets and references."""
+def setup(base: ModelLike, vectors: Sequence[Any], data: Any, *, reference: Any, metric: str, objective: Any, evaluator: Evaluate | None, eval_kw: dict[str, Any], merge_kw: dict[str, Any], parts: Iterable[str] | None, unmatched: str, force: bool) -> tuple[LoadedModel, list[TaskVector], list[str], Evaluate, Objective, dict[str, Any]]:
+    """Shared by sweep/search/soup: load the base once, extract the vectors once, resolve datasets and references.
+
+    ``imgsz=None`` in ``eval_kw``/``merge_kw`` becomes the base's training image size, as ``YOLO(path).val()`` does.
+    """
     b = load_model(base)
+    if eval_kw.get("imgsz") is None:
+        eval_kw["imgsz"] = merge_kw["imgsz"] = int(b.train_args.get("imgsz") or 640)
     if isinstance(vectors, (str, os.PathLike, TaskVector)):
         vectors = [vectors]
     if not vectors:
@@ -604,7 +609,7 @@ def sweep(
     unmatched: str = "error",
     seed: int = 0,
     force: bool = False,
-    imgsz: int = 640,
+    imgsz: int | None = None,
     batch: int = 16,
     device: Any = None,
     half: bool | None = None,
