@@ -248,7 +248,7 @@ VECTOR_DAMAGE = {
     "header": (_flip_header, r"is not a valid safetensors file \(Error while deserializing"),
     "metadata_json": (lambda s, d: rewrite(s, d, metadata=lambda md: {**md, "meta": '{"name": "x", '}), r"has corrupted metadata \(the 'meta' or 'encodings' JSON is unreadable\)"),
     "not_ours": (lambda s, d: rewrite(s, d, metadata=lambda md: {"format": "something-else"}, checksum=False), r"is a safetensors file but not a yolo-taskvec task vector"),
-    "future_version": (lambda s, d: rewrite(s, d, metadata=lambda md: {**md, "format_version": "99"}), r"uses task-vector format 99; this yolo-taskvec reads up to 1, upgrade it"),
+    "future_version": (lambda s, d: rewrite(s, d, metadata=lambda md: {**md, "format_version": "99"}), r"uses task-vector format 99; this yolo-taskvec reads up to 2, upgrade it"),
     "int_dtype": (lambda s, d: rewrite(s, d, tensors=lambda ts: {**ts, _first(ts): ts[_first(ts)].to(torch.int32)}), r"tensor delta/model\.0\.conv\.weight has dtype int32, expected one of fp32, fp16, bf16"),
     "missing_tensor": (lambda s, d: rewrite(s, d, tensors=lambda ts: {k: v for k, v in ts.items() if k != _first(ts)}), r"is missing tensor delta/model\.0\.conv\.weight listed in its metadata"),
     "extra_tensor": (lambda s, d: rewrite(s, d, tensors=lambda ts: {**ts, "delta/model.99.extra": torch.zeros(3)}), r"holds 1 tensors not listed in its metadata \(e\.g\. delta/model\.99\.extra\)"),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import zlib
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from yolo_taskvec import TaskVector, files
+from yolo_taskvec import TaskVector, files, packing
 from yolo_taskvec.cli import main
 from yolo_taskvec.compress import (
     DECODERS,
@@ -147,9 +149,8 @@ def test_combinations_and_dtypes(small, tmp_path):
         assert any(e["kind"] == kind for e in enc.values()), kind
         assert back.keys() == small.keys() and all(back.deltas[k].dtype == torch.float32 for k in back.deltas)
         dense_dtype = {"fp16": "F16", "bf16": "BF16", "int8": "F16"}[opts["dtype"]]
-        with safe_open(str(path), "pt") as f:
-            bn = next(k for k in f.keys() if k.endswith("bn.running_var"))
-            assert str(f.get_slice(bn).get_dtype()) == dense_dtype
+        bn = next(e for name, e in enc.items() if name.endswith("bn.running_var"))
+        assert [f[1] for f in bn["fields"]] == [dense_dtype]
         for key, d in small.deltas.items():
             if not compressible(key, d):
                 assert torch.allclose(back.deltas[key], d, rtol=1e-2, atol=1e-4), key
@@ -259,8 +260,13 @@ def resign(path, tensors: dict, metadata: dict) -> None:
 
 
 def load_parts(path) -> tuple[dict, dict]:
+    """A packed file's content in the plain layout (format 1): one tensor per field, ``encodings`` metadata."""
     with safe_open(str(path), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+        blobs, metadata = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    index = packing.read_index(metadata.pop(packing.INDEX))
+    encodings = {name: {k: v for k, v in info.items() if k != "fields"} for name, info in index.items()}
+    metadata.update(format_version="1", encodings=json.dumps(encodings))
+    return packing.unpack(blobs, index), metadata
 
 
 @pytest.fixture(scope="module")
@@ -313,6 +319,46 @@ def test_inconsistent_files_are_refused_with_one_sentence(packed, tmp_path, case
         load_vector(bad)
     text = str(e.value)
     assert "bad.safetensors" in text and "\n" not in text, text
+
+
+PACK_DAMAGE = {
+    "index not base64": lambda t, m: m.__setitem__(packing.INDEX, "%%%"),
+    "index not zlib": lambda t, m: m.__setitem__(packing.INDEX, base64.b64encode(b"not zlib").decode()),
+    "index missing": lambda t, m: m.pop(packing.INDEX),
+    "blob too short": lambda t, m: t.__setitem__("blob/U8", t["blob/U8"][:-1].clone()),
+    "blob too long": lambda t, m: t.__setitem__("blob/U8", torch.cat([t["blob/U8"], t["blob/U8"][:1]])),
+    "blob dtype": lambda t, m: t.__setitem__("blob/BF16", t["blob/BF16"].half()),
+    "stray tensor": lambda t, m: t.__setitem__("blob/I8", torch.ones(3, dtype=torch.int8)),
+    "shape in index": lambda t, m: m.__setitem__(packing.INDEX, _reindex(m[packing.INDEX], lambda i: next(iter(i.values()))["fields"][0][2].append(2))),
+}
+
+
+def _reindex(text: str, change) -> str:
+    index = json.loads(zlib.decompress(base64.b64decode(text)))
+    change(index)
+    return base64.b64encode(zlib.compress(json.dumps(index).encode())).decode()
+
+
+@pytest.mark.parametrize("case", sorted(PACK_DAMAGE))
+def test_damaged_packed_layout_is_refused_with_one_sentence(packed, tmp_path, case):
+    with safe_open(str(packed["sparse"]), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    PACK_DAMAGE[case](tensors, metadata)
+    bad = tmp_path / "bad.safetensors"
+    resign(bad, tensors, metadata)
+    with pytest.raises(VectorFileError) as e:
+        load_vector(bad)
+    assert "bad.safetensors" in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_packed_header_is_a_small_fraction_of_the_plain_one(night_vector, tmp_path):
+    """Format 2 exists to cut the per-tensor header; both layouts load to the same tensors."""
+    plain = files.save_vector(night_vector, tmp_path / "plain.safetensors", dtype="fp16")
+    packed_path = files.save_vector(night_vector, tmp_path / "packed.safetensors", dtype="fp16", pack=True)
+    header = lambda p: int.from_bytes(p.read_bytes()[:8], "little")  # noqa: E731 - safetensors' header length
+    assert header(packed_path) < 0.2 * header(plain), (header(packed_path), header(plain))
+    a, b = load_vector(plain), load_vector(packed_path)
+    assert a.keys() == b.keys() and all(torch.equal(a.deltas[k], b.deltas[k]) for k in a.deltas)
 
 
 def test_untouched_packed_files_load(packed, small):
@@ -386,6 +432,8 @@ def test_cli_compress_and_info(small, tmp_path, capsys):
         (["quant=int16"], "quant must be one of"),
         (["rank=x"], "rank: 'x' is not an integer"),
         (["kep=0.1"], "did you mean keep"),
+        (["calib_batches=2"], "only apply to compress with calib="),
+        (["calib=missing.yaml"], "missing.yaml"),
     ],
 )
 def test_cli_bad_input_exits_2_without_output(small, tmp_path, capsys, argv, message):
@@ -396,3 +444,56 @@ def test_cli_bad_input_exits_2_without_output(small, tmp_path, capsys, argv, mes
     assert message in err and err.count("\n") == 1
     assert not out.exists()
     assert main(["compress", f"vectors={src}", "keep=0.1", f"out={src}"]) == 2  # never overwrites its input
+
+
+# ----------------------------------------------------------------------------------------------- calib=
+def bn_stats(tv: TaskVector) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in tv.deltas.items() if k.endswith((".running_mean", ".running_var"))}
+
+
+def test_calib_shift_leaves_exact_weights_statistics_unchanged(base_model, small):
+    """shift moves the fine-tune's statistics by what the approximation changes: nothing, for exact weights."""
+    from yolo_taskvec.calib import calibrator
+
+    restat = calibrator(str(data_yaml("fruit80-night.yaml")), base=base_model, calib_batches=1, calib_imgsz=64)
+    stats, info = restat(small, small)
+    assert stats.keys() == bn_stats(small).keys() and info["mode"] == "shift" and info["images"] == 16
+    for k, d in bn_stats(small).items():
+        assert torch.allclose(stats[k], d, rtol=1e-4, atol=1e-4), k
+
+
+def test_calib_refits_statistics_of_a_compressed_file(base_model, small, tmp_path):
+    plain = TaskVector.load(small.save(tmp_path / "q.safetensors", quant="int2"))
+    fitted_path = small.save(tmp_path / "qc.safetensors", quant="int2", calib=[str(data_yaml("fruit80-night.yaml"))], base=base_model, calib_batches=1, calib_imgsz=64)
+    fitted = TaskVector.load(fitted_path)
+    meta = read_header(fitted_path)[0]["compression"]
+    assert meta["calib"]["mode"] == "shift" and meta["calib"]["images"] == 16 and "re-fitted" in meta["label"]
+    for k in small.deltas:  # weights as the plain compression stores them; only statistics move
+        if k in bn_stats(small):
+            continue
+        assert torch.equal(fitted.deltas[k], plain.deltas[k]), k
+    moved = [k for k in bn_stats(small) if not torch.allclose(fitted.deltas[k], plain.deltas[k], atol=1e-6)]
+    assert moved, "int2 weights should move some statistics"
+    for k in bn_stats(small):
+        if k.endswith("running_var"):
+            assert bool((base_model.state[k].float() + fitted.deltas[k] > 0).all()), k
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        ({"calib": []}, "calib= needs one or more dataset yamls"),
+        ({"calib_mode": "mix"}, "calib_mode must be one of"),
+        ({"calib_batches": 0}, "calib_batches must be a positive integer"),
+        ({"calib_imgsz": 8}, "calib_imgsz must be an integer of at least 32"),
+        ({"calib": "missing.yaml"}, "missing.yaml"),
+    ],
+)
+def test_bad_calib_options_are_refused_before_writing(base_model, small, tmp_path, opts, message):
+    out = tmp_path / "x.safetensors"
+    args = {"calib": str(data_yaml("fruit80-night.yaml")), "base": base_model, **opts}
+    with pytest.raises(TaskVecError, match=message):
+        small.save(out, quant="int4", **args)
+    with pytest.raises(TaskVecError, match="only applies with calib="):
+        small.save(out, quant="int4", calib_batches=2)
+    assert not out.exists()

@@ -58,11 +58,12 @@ class TaskVector(core.TaskVector):
 
     def save(self, path: str | os.PathLike, *, dtype: str = "fp32", **compression: Any) -> Path:
         """Write a safetensors file; ``keep=``, ``scope=``, ``rank=``, ``energy=``, ``quant=`` options (and
-        ``dtype="int8"``) compress it (see ``compress``)."""
+        ``dtype="int8"``) compress it (see ``compress``); ``calib=`` yamls (with ``base=``, ``calib_batches=``,
+        ``calib_imgsz=``, ``calib_mode=``) re-fit its BatchNorm statistics to the compressed weights (see ``calib``)."""
         if compression or dtype == "int8":
-            from .compress import save_compressed
+            from .calib import save_compact
 
-            return save_compressed(self, path, dtype=dtype, **compression)
+            return save_compact(self, path, dtype=dtype, **compression)
         return save_vector(self, path, dtype=dtype)
 
     def apply(self, base: ModelLike, scale: core.Scale = 1.0, *, bn: str = DEFAULT_BN, force: bool = False, classes: str = "error", **kwargs: Any):

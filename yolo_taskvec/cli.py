@@ -98,6 +98,9 @@ ARGS: dict[str, Arg] = {
     "rank": Arg(None, _int, "compress: low-rank factors of conv/linear deltas, at most this rank"),
     "energy": Arg(None, _float, "compress: low-rank factors keeping this fraction of the squared singular values, e.g. 0.9"),
     "quant": Arg(None, _str, "compress: quantize stored values with per-channel scales: int8, int4, int3, int2, int1"),
+    "calib": Arg(None, _list, "compress: dataset yamls whose train images re-fit the BatchNorm statistics to the compressed weights (needs the base)"),
+    "calib_batches": Arg(16, _int, "compress: batches of 16 images used by calib="),
+    "calib_mode": Arg("shift", _str, "compress: calib= statistics: shift (move the fine-tune's by the approximation's effect) or replace"),
     "scale": Arg(1.0, _scale, "float, or per part like backbone:0.3,neck:0.5,head:1"),
     "weights": Arg(None, _floats, "per-model weights, comma-separated"),
     "method": Arg("task_arithmetic", _str, "merge method (yolo-taskvec help shows them)"),
@@ -322,15 +325,20 @@ def run_info(args: dict[str, Any]) -> None:
         print(f"{path}: {m.task} | {len(m.names)} classes | fingerprint {m.fingerprint[:16]} | " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 
 
-@mode("compress", ("vectors", "out", "keep", "scope", "rank", "energy", "quant", "dtype"), "re-save a task vector compactly: top-k (keep=), low-rank (rank=/energy=), quantized (quant=), float storage (dtype=, fp16 here by default)")
+@mode("compress", ("vectors", "out", "keep", "scope", "rank", "energy", "quant", "dtype", "calib", "calib_batches", "calib_mode", "base", "imgsz"), "re-save a task vector compactly: top-k (keep=), low-rank (rank=/energy=), quantized (quant=), float storage (dtype=, fp16 here by default), BatchNorm statistics re-fitted on images (calib=)")
 def run_compress(args: dict[str, Any]) -> None:
+    from .calib import calibrator
     from .compress import compress_file
 
     vectors, out = get(args, "vectors", True), get(args, "out", True)
     if len(vectors) != 1:
         raise UsageError(f"compress takes one vector file, got {len(vectors)}; run it once per file.")
     options = {k: args[k] for k in ("keep", "scope", "rank", "energy", "quant") if k in args}
-    path, c = compress_file(vectors[0], out, dtype=args.get("dtype", "fp16"), **options)
+    calib = {"calib_batches": get(args, "calib_batches"), "calib_mode": get(args, "calib_mode"), "base": args.get("base"), "calib_imgsz": args.get("imgsz")}
+    if "calib" not in args and any(k in args for k in ("calib_batches", "calib_mode", "base", "imgsz")):
+        raise UsageError("calib_batches=, calib_mode=, base= and imgsz= only apply to compress with calib= (dataset yamls).")
+    restat = calibrator(args["calib"], **calib) if "calib" in args else None
+    path, c = compress_file(vectors[0], out, dtype=args.get("dtype", "fp16"), restat=restat, **options)
     size = path.stat().st_size
     print(f"saved {path}: {c['label']} | {size / 1e6:.3f} MB = {size / c['dense_fp16_bytes']:.1%} of the dense fp16 vector | relative error {c['relative_error']:.4f}")
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,8 @@ MAX_NUMEL = 1 << 28  # a decoded tensor may not be larger (no YOLO weight comes 
 INT8_MAX = 127
 MAX_GAP = 255
 CLIPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05)  # low-bit scale search
+SCALE_DTYPE = torch.bfloat16  # per-row scales of int4..int1 codes (int8 keeps fp32 scales: its step is finer)
+Restat = Callable[[TaskVector, TaskVector], tuple[dict[str, torch.Tensor], dict[str, Any]]]
 
 
 # ----------------------------------------------------------------------------------------------- options
@@ -185,7 +187,8 @@ def quantize(values: torch.Tensor, rows: torch.Tensor | None, n_rows: int, quant
         else:
             better = err < best_err
             best_scale, best_err = torch.where(better, scale, best_scale), torch.where(better, err, best_err)
-    codes = torch.floor(values / _spread(_safe(best_scale), rows)).clamp_(-half, half - 1).add_(half)
+    best_scale = best_scale.to(SCALE_DTYPE)  # 2 bytes a row; its rounding (2^-9) is far below a low-bit step
+    codes = torch.floor(values / _spread(_safe(best_scale.float()), rows)).clamp_(-half, half - 1).add_(half)
     return pack_bits(codes.to(torch.uint8).reshape(-1), bits), best_scale
 
 
@@ -379,15 +382,34 @@ def tensor_bytes(fields: Mapping[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in fields.values())
 
 
-def save_compressed(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32", inputs: tuple = (), **options: Any) -> Path:
-    """Write ``tv`` compressed (see the module docstring); loads back as a dense vector with ``TaskVector.load``."""
+def save_compressed(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32", inputs: tuple = (), pack: bool = True, restat: Restat | None = None, **options: Any) -> Path:
+    """Write ``tv`` compressed (see the module docstring); loads back as a dense vector with ``TaskVector.load``.
+
+    ``pack``: the packed layout (format 2, a few KB of header instead of ~150 KB). ``restat(exact, approx)``: new
+    BatchNorm-statistic deltas for the approximated vector and a summary of how they were made (the adapter's
+    ``calib.calibrator`` re-estimates them on images); they replace the vector's own before writing.
+    """
     opts = Options.make(dtype, **options)
     encoded = plan(tv, opts)
-    summary = summarize_plan(tv, encoded, opts)
-    return save_vector(tv, path, dtype=opts.dtype, encoder=lambda key, t: encoded[key], extra_meta={"compression": summary}, inputs=inputs)
+    calib = None
+    if restat is not None:
+        stats, calib = restat(tv, decoded(tv, encoded))
+        unknown = sorted(k for k in stats if k not in tv.deltas or not is_bn_stat(k))
+        if unknown:
+            raise TaskVecError(f"re-estimated statistics must replace BatchNorm statistics of the vector, got {unknown[0]}.")
+        tv = TaskVector({**tv.deltas, **stats}, tv.absolute, tv.meta)
+        encoded.update((k, encode_tensor(k, stats[k], opts)) for k in stats)
+    summary = summarize_plan(tv, encoded, opts, calib)
+    return save_vector(tv, path, dtype=opts.dtype, encoder=lambda key, t: encoded[key], extra_meta={"compression": summary}, inputs=inputs, pack=pack)
 
 
-def summarize_plan(tv: TaskVector, encoded: Mapping[str, tuple], opts: Options) -> dict[str, Any]:
+def decoded(tv: TaskVector, encoded: Mapping[str, tuple[dict[str, torch.Tensor], dict[str, Any]]]) -> TaskVector:
+    """The dense vector a file of these encodings loads as (deltas decoded, carried tensors as they are)."""
+    deltas = {k: DECODERS[info["kind"]](fields, info, tuple(tv.deltas[k].shape)) for k, (fields, info) in encoded.items()}
+    return TaskVector(deltas, dict(tv.absolute), dict(tv.meta))
+
+
+def summarize_plan(tv: TaskVector, encoded: Mapping[str, tuple], opts: Options, calib: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``compression`` entry of the file's meta; ``relative_error`` is over the compressible weights."""
     kinds: dict[str, int] = {}
     stored = sum(t.numel() * DTYPES[opts.dtype].itemsize for t in tv.absolute.values())
@@ -402,7 +424,8 @@ def summarize_plan(tv: TaskVector, encoded: Mapping[str, tuple], opts: Options) 
     values = tv.numel()
     return {
         **{k: v for k, v in asdict(opts).items() if v is not None},
-        "label": opts.label(),
+        "label": opts.label() + (f", BatchNorm statistics re-fitted ({calib.get('mode', '?')})" if calib else ""),
+        **({"calib": dict(calib)} if calib else {}),
         "kinds": kinds,
         "values": values,
         "tensor_bytes": stored,
@@ -411,14 +434,14 @@ def summarize_plan(tv: TaskVector, encoded: Mapping[str, tuple], opts: Options) 
     }
 
 
-def compress_file(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32", **options: Any) -> tuple[Path, dict[str, Any]]:
+def compress_file(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32", restat: Restat | None = None, **options: Any) -> tuple[Path, dict[str, Any]]:
     """Re-save a task-vector file compressed; returns the output path and the compression summary."""
     from .files import load_vector, read_header
 
     opts = Options.make(dtype, **options)  # validate before reading anything
     tv = load_vector(src)
     tv.meta.pop("compression", None)
-    save_compressed(tv, out, dtype=opts.dtype, inputs=(src,), **{k: v for k, v in asdict(opts).items() if k != "dtype"})
+    save_compressed(tv, out, dtype=opts.dtype, inputs=(src,), restat=restat, **{k: v for k, v in asdict(opts).items() if k != "dtype"})
     return Path(out), read_header(out)[0]["compression"]
 
 

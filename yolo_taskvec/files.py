@@ -8,6 +8,9 @@ Layout of a file:
   target yaml, task, class names, parts, ultralytics version, dtype) and ``encodings`` (JSON: per tensor, its
   role, shape and how it is stored).
 
+Format 2 (``pack=True``, what ``compress`` writes) stores the same fields packed into one tensor per storage dtype
+with a compressed index instead of ``encodings`` (see ``packing.py``); format 1 files are read as before.
+
 Dense tensors are stored as fp32, fp16 or bf16; ``compress.py`` adds sparse, low-rank and int8 encodings.
 """
 
@@ -23,12 +26,13 @@ from typing import Any
 
 import torch
 
+from . import packing
 from .atomic import atomic_output
 from .errors import VectorFileError
 from .taskvector import TaskVector
 
 FORMAT = "yolo-taskvec"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format read; plain files are written as 1, packed ones as 2
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ROLES = ("delta", "absolute")
 CHECKSUM = "sha256"
@@ -69,8 +73,8 @@ def _name(role: str, key: str, field: str) -> str:
     return f"{role}/{key}#{field}" if field else f"{role}/{key}"
 
 
-def save_vector(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32", encoder: Encoder | None = None, extra_meta: Mapping[str, Any] | None = None, inputs: tuple = ()) -> Path:
-    """Write ``tv`` to a safetensors file atomically. ``encoder`` defaults to dense ``dtype``."""
+def save_vector(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32", encoder: Encoder | None = None, extra_meta: Mapping[str, Any] | None = None, inputs: tuple = (), pack: bool = False) -> Path:
+    """Write ``tv`` to a safetensors file atomically. ``encoder`` defaults to dense ``dtype``; ``pack``: format 2."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -91,7 +95,10 @@ def save_vector(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32",
                 tensors[_name(role, key, field)] = value.contiguous()
             encodings[f"{role}/{key}"] = {**info, "role": role, "shape": list(t.shape)}
     meta = {**_jsonable(tv.meta), **_jsonable(dict(extra_meta or {})), "dtype": dtype}
-    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "meta": json.dumps(meta), "encodings": json.dumps(encodings)}
+    metadata = {"format": FORMAT, "format_version": "1", "meta": json.dumps(meta), "encodings": json.dumps(encodings)}
+    if pack:
+        tensors, index = packing.pack(tensors, encodings)
+        metadata = {"format": FORMAT, "format_version": str(packing.VERSION), "meta": json.dumps(meta), packing.INDEX: index}
     metadata[CHECKSUM] = content_digest(metadata, tensors)
     with atomic_output(path, inputs) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -169,11 +176,17 @@ def _parse_metadata(path: Path, metadata: Mapping[str, str], names: set[str]) ->
         raise VectorFileError(f"{path} has a corrupted format_version in its metadata.") from e
     if version > FORMAT_VERSION:
         raise VectorFileError(f"{path} uses task-vector format {version}; this yolo-taskvec reads up to {FORMAT_VERSION}, upgrade it.")
+    packed = version >= packing.VERSION
     try:
         meta = json.loads(metadata["meta"])
-        encodings = json.loads(metadata["encodings"])
+        encodings = json.loads(metadata["encodings"]) if not packed else None
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise VectorFileError(f"{path} has corrupted metadata (the 'meta' or 'encodings' JSON is unreadable).") from e
+    if packed:
+        try:
+            encodings = packing.read_index(metadata.get(packing.INDEX))
+        except ValueError as e:
+            raise VectorFileError(f"{path} has a corrupted packed index ({_first_line(e)}).") from e
     if not isinstance(meta, dict) or not isinstance(encodings, dict):
         raise VectorFileError(f"{path} has corrupted metadata ('meta' and 'encodings' must be JSON objects).")
     expected: set[str] = set()
@@ -186,9 +199,15 @@ def _parse_metadata(path: Path, metadata: Mapping[str, str], names: set[str]) ->
             raise VectorFileError(f"{path} has a corrupted shape for {name}.")
         if math.prod(shape) > MAX_TENSOR_VALUES:
             raise VectorFileError(f"{path} declares {name} with shape {shape}, larger than any YOLO tensor; the file is corrupt or malicious.")
+        if packed:
+            continue
         expected |= {n for n in names if n == name or n.startswith(name + "#")}
         if not any(n == name or n.startswith(name + "#") for n in names):
             raise VectorFileError(f"{path} is missing tensor {name} listed in its metadata.")
+    if packed:
+        expected = packing.blob_names(encodings)
+        if not expected <= names:
+            raise VectorFileError(f"{path} is missing tensor {sorted(expected - names)[0]} listed in its packed index.")
     extra = sorted(names - expected)
     if extra:
         raise VectorFileError(f"{path} holds {len(extra)} tensors not listed in its metadata (e.g. {extra[0]}).")
@@ -226,6 +245,11 @@ def load_vector(path: str | os.PathLike, cls: type[TaskVector] = TaskVector) -> 
     recorded = metadata.get(CHECKSUM)
     if recorded is not None and recorded != content_digest(metadata, raw):  # files written before checksums: no check
         raise VectorFileError(f"{path} is corrupt: its content does not match the sha256 recorded when it was saved (damaged in transfer?).")
+    if int(metadata["format_version"]) >= packing.VERSION:  # validated by _parse_metadata
+        try:
+            raw = packing.unpack(raw, encodings)
+        except ValueError as e:
+            raise VectorFileError(f"{path} does not match its packed index ({_first_line(e)}).") from e
     for name, info in encodings.items():
         prefix = name + "#"
         fields = {n[len(prefix):] if n.startswith(prefix) else "": t for n, t in raw.items() if n == name or n.startswith(prefix)}
