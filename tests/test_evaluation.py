@@ -162,6 +162,27 @@ def test_nan_values_survive_json(tmp_path):
     assert math.isnan(Results.from_json(path).rows[0]["coco_APs"]) and "nan" in results.table()
 
 
+def test_cpu_threads_are_used_and_restored(fruit80, base_pt, monkeypatch):
+    """Inference uses the requested threads (or OMP_NUM_THREADS); the process's own setting is left as it was."""
+    seen = []
+    ev = Evaluator(fruit80, imgsz=IMGSZ, device="cpu", progress=False, threads=3)
+    prepared = ev.prepare(base_pt)
+    original = type(prepared.backend).forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(type(prepared.backend), "forward", spy)
+    ev.score(prepared, "fruit80")
+    assert set(seen) == {3} and torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert Evaluator(fruit80, imgsz=IMGSZ, device="cpu", progress=False).threads == 1
+    with pytest.raises(TaskVecError, match="threads must be a positive integer"):
+        Evaluator(fruit80, threads=0)
+
+
 def test_quiet_mode_prints_nothing(fruit80, base_pt, capfd):
     Evaluator(fruit80, imgsz=IMGSZ, device="cpu", progress=False)(base_pt)
     out, err = capfd.readouterr()

@@ -301,7 +301,7 @@ def run_info(args: dict[str, Any]) -> None:
         tv = TaskVector.load(path)
         info, s = file_info(path), summarize(tv)
         vectors.append(tv)
-        print(f"{path}: {s['name']} | {info['bytes'] / 1e6:.2f} MB | {s['numel']:,} values | norm {s['norm']:.3f} | sparsity {s['sparsity']:.1%} | storage {info['encodings']} | dtype {info['meta'].get('dtype')}")
+        print(f"{path}: {s['name']} | {info['bytes'] / 1e6:.2f} MB | {s['numel']:,} learned values (+ {s['bn_stats']} BatchNorm running-statistic tensors) | norm {s['norm']:.3f} | near-zero {s['sparsity']:.1%} | storage {info['encodings']} | dtype {info['meta'].get('dtype')}")
         for part, row in s["parts"].items():
             print(f"  {part:<11} norm {row['norm']:9.4f}  values {row['numel']:>10,}  near-zero {row['sparsity']:6.1%}")
         if s["carried"]:

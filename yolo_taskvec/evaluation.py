@@ -68,6 +68,25 @@ def quiet_ultralytics(enabled: bool = True) -> Iterator[None]:
         LOGGER.setLevel(level)
 
 
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` when the user set it, else the logical CPUs this process may run on."""
+    with contextlib.suppress(KeyError, ValueError):
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block (``None``: unchanged) and restored after it."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def model_label(model: ModelLike) -> str:
     """A short name for a model in tables: the checkpoint's stem, else the YOLO/module's own label."""
     if isinstance(model, (str, os.PathLike)):
@@ -287,7 +306,10 @@ class Evaluator:
     progress bar per pass. ``as_saved=True`` scores each model's weights as a saved checkpoint holds them (rounded
     to fp16, as Ultralytics and ``save`` store them), so an in-memory merge scores exactly what ``YOLO(saved.pt).val()``
     gives; ``as_saved=False`` scores the fp32 weights as ``merged.val()`` does (they differ by ~0.003 mAP at most on
-    the reference merges). Checkpoint files are fp16 already, so for paths both are the same.
+    the reference merges). Checkpoint files are fp16 already, so for paths both are the same. ``threads``: torch
+    threads for CPU inference: ``OMP_NUM_THREADS`` if set, else all logical CPUs (Ultralytics' ``select_device`` sets cores − 1 to leave one
+    for training dataloaders; batches here are decoded up front, so inference may use every core). The process's
+    thread setting is restored after each pass.
     """
 
     def __init__(
@@ -305,6 +327,7 @@ class Evaluator:
         verbose: bool = False,
         progress: bool = True,
         as_saved: bool = True,
+        threads: int | None = None,
     ) -> None:
         from ultralytics.utils.torch_utils import select_device
 
@@ -317,8 +340,11 @@ class Evaluator:
             raise TaskVecError(f"conf and iou must lie in [0, 1], got conf={conf}, iou={iou}.")
         self.imgsz, self.batch, self.conf, self.iou, self.split = int(imgsz), int(batch), conf, iou, split
         self.coco, self.verbose, self.progress, self.as_saved = coco, verbose, progress, as_saved
-        with quiet_ultralytics(not verbose):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise TaskVecError(f"threads must be a positive integer, got {threads!r}.")
+        with quiet_ultralytics(not verbose), torch_threads(None):  # select_device lowers torch's threads for training loaders
             self.device = select_device("" if device is None else device, verbose=False)
+        self.threads = (threads or default_threads()) if self.device.type == "cpu" else None
         self.half = (self.device.type == "cuda") if half is None else bool(half) and self.device.type != "cpu"
         self.datasets = [self._dataset(str(y)) for y in yamls]
         names = [d.name for d in self.datasets]
@@ -443,7 +469,7 @@ class Evaluator:
         boxes_of_segment_model = prepared.task == "segment" and p.task == "detect"
         collector = self._coco_collector(dataset, p) if self.coco else None
         forward, post = _timer(self.device), _timer(self.device)
-        with quiet_ultralytics(not self.verbose), torch.inference_mode():
+        with quiet_ultralytics(not self.verbose), torch.inference_mode(), torch_threads(self.threads):
             v.init_metrics(unwrap_model(model))
             bar = TQDM(p.batches, desc=f"{prepared.label} | {dataset.name}", total=len(p.batches), disable=not self.progress)
             for i, stored in enumerate(bar):
