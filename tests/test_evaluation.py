@@ -183,6 +183,22 @@ def test_cpu_threads_are_used_and_restored(fruit80, base_pt, monkeypatch):
         Evaluator(fruit80, threads=0)
 
 
+def test_nms_time_limit_is_lifted_while_scoring(fruit80, base_pt, monkeypatch):
+    """On a busy CPU Ultralytics' NMS time limit silently drops detections; the Evaluator's scores must not."""
+    from ultralytics.utils import nms
+
+    limits = []
+    original = nms.non_max_suppression
+
+    def spy(*args, max_time_img=0.05, **kwargs):
+        limits.append(max_time_img)
+        return original(*args, max_time_img=max_time_img, **kwargs)
+
+    monkeypatch.setattr(nms, "non_max_suppression", spy)
+    Evaluator(fruit80, imgsz=IMGSZ, device="cpu", progress=False)(base_pt)
+    assert limits and min(limits) >= 1e3 and nms.non_max_suppression is spy
+
+
 def test_quiet_mode_prints_nothing(fruit80, base_pt, capfd):
     Evaluator(fruit80, imgsz=IMGSZ, device="cpu", progress=False)(base_pt)
     out, err = capfd.readouterr()

@@ -87,6 +87,26 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def no_nms_time_limit(seconds_per_image: float = 1e4) -> Iterator[None]:
+    """Ultralytics' NMS without its time limit inside the block (restored after it).
+
+    ``non_max_suppression`` stops after 2 s + 0.05 s per image of a batch and silently returns no detections for
+    the rest of the batch; on a busy CPU that limit is reached and a validation's mAP then depends on the machine's
+    load. Scoring wants the same numbers on any machine, so the Evaluator lifts the limit while it scores.
+    """
+    import functools
+
+    from ultralytics.utils import nms
+
+    original = nms.non_max_suppression
+    nms.non_max_suppression = functools.partial(original, max_time_img=seconds_per_image)
+    try:
+        yield
+    finally:
+        nms.non_max_suppression = original
+
+
 def model_label(model: ModelLike) -> str:
     """A short name for a model in tables: the checkpoint's stem, else the YOLO/module's own label."""
     if isinstance(model, (str, os.PathLike)):
@@ -309,7 +329,8 @@ class Evaluator:
     the reference merges). Checkpoint files are fp16 already, so for paths both are the same. ``threads``: torch
     threads for CPU inference: ``OMP_NUM_THREADS`` if set, else all logical CPUs (Ultralytics' ``select_device`` sets cores − 1 to leave one
     for training dataloaders; batches here are decoded up front, so inference may use every core). The process's
-    thread setting is restored after each pass.
+    thread setting is restored after each pass. Ultralytics' NMS time limit is lifted while scoring
+    (``no_nms_time_limit``), so metrics do not depend on the machine's load.
     """
 
     def __init__(
@@ -469,7 +490,7 @@ class Evaluator:
         boxes_of_segment_model = prepared.task == "segment" and p.task == "detect"
         collector = self._coco_collector(dataset, p) if self.coco else None
         forward, post = _timer(self.device), _timer(self.device)
-        with quiet_ultralytics(not self.verbose), torch.inference_mode(), torch_threads(self.threads):
+        with quiet_ultralytics(not self.verbose), torch.inference_mode(), torch_threads(self.threads), no_nms_time_limit():
             v.init_metrics(unwrap_model(model))
             bar = TQDM(p.batches, desc=f"{prepared.label} | {dataset.name}", total=len(p.batches), disable=not self.progress)
             for i, stored in enumerate(bar):

@@ -17,6 +17,9 @@ def weighted_sum(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tens
 
 @register("task_arithmetic", doc="Sum of the weighted task vectors.", paper="Ilharco et al. 2023, Editing Models with Task Arithmetic (ICLR)")
 def task_arithmetic(deltas: list[torch.Tensor], weights: list[float], **_: object) -> torch.Tensor:
+    """``Σ w_i τ_i``; one vector of weight 1 is returned as it is (apply and swap: one pass over memory less)."""
+    if len(deltas) == 1 and weights[0] == 1.0:
+        return deltas[0]
     return weighted_sum(deltas, weights)
 
 
