@@ -1,0 +1,350 @@
+"""Speed of the reused ``Evaluator`` vs a loop of fresh ``YOLO(path).val()`` calls, side by side in one run.
+
+The sweep: base80 + α·τ(fruit-night) for α = 0, 0.1, ..., 1 (11 merged models), each validated on fruit80 and
+fruit80-night val (60 images each) at imgsz 320. Both paths validate the same merged model at each α:
+
+* fresh: ``save`` the merged model to a temporary .pt, then ``YOLO(tmp).val(data=..., plots=False)`` per dataset
+  (what a user's script does today: every call reloads, deep-copies, fuses, re-reads and re-letterboxes);
+* reused: one ``Evaluator`` (validators and decoded batches built once), called with the in-memory merged model;
+  on CPU it runs inference on all logical CPUs (its default), while ``YOLO.val`` runs on Ultralytics' cores − 1;
+* reused, equal threads (CPU only): a second ``Evaluator`` limited to Ultralytics' thread count, so the ratio to
+  fresh shows what reuse alone gains.
+
+The merge itself (``tau.apply``) is common to both and timed separately. The α order alternates which path runs
+first, to spread drift on a shared machine. Metrics must be identical (the max abs difference is printed). A
+profile pass (α = 0.5, both datasets) then times each stage of both paths with the same instrumentation.
+
+    python benchmarks/bench_eval_speed.py                  # CPU
+    python benchmarks/bench_eval_speed.py device=0         # GPU (fp16 on both paths)
+
+Writes ``benchmarks/results/eval_speed.{md,json,png}``; the JSON keeps one run per device kind (cpu, cuda), and
+the Markdown and plot show all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from common import REPO, busy, environment, load_average, parse_args, save_figure, write_outputs
+
+DEFAULTS = {
+    "base": "yolo26n-base80.pt",
+    "tuned": "yolo26n-fruit-night.pt",
+    "data": f"{REPO / 'datasets' / 'fruit80.yaml'},{REPO / 'datasets' / 'fruit80-night.yaml'}",
+    "imgsz": "320",
+    "batch": "16",
+    "device": "cpu",
+    "steps": "11",
+    "out": str(REPO / "benchmarks" / "results"),
+}
+
+
+# ----------------------------------------------------------------------------------------------- instrumentation
+class StageTimer:
+    """Wraps library functions to accumulate their wall time per stage (outermost call only, CUDA-synchronized)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._active: set[str] = set()
+        self._undo: list = []
+
+    def _sync(self):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def wrap(self, owner, attr: str, stage: str) -> None:
+        original = getattr(owner, attr)
+
+        @functools.wraps(original)
+        def timed(*a, **k):
+            if stage in self._active:
+                return original(*a, **k)
+            self._active.add(stage)
+            self._sync()
+            t = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                self._sync()
+                self.seconds[stage] += time.perf_counter() - t
+                self._active.discard(stage)
+
+        setattr(owner, attr, timed)
+        self._undo.append((owner, attr, original))
+
+    @contextlib.contextmanager
+    def installed(self):
+        import torch.utils.data.dataloader as tdl
+        from ultralytics.engine.model import Model
+        from ultralytics.engine.validator import BaseValidator
+        from ultralytics.models.yolo.detect import DetectionValidator
+        from ultralytics.nn.autobackend import AutoBackend
+
+        import yolo_taskvec.evaluation as ev
+
+        self.wrap(Model, "__init__", "load checkpoint")
+        self.wrap(BaseValidator, "get_model", "deepcopy model")
+        self.wrap(ev, "private_module", "deepcopy model")
+        self.wrap(ev, "model_state", "read weights (fp16-rounded)")
+        self.wrap(ev.FusedTemplate, "load", "fuse weights in place")
+        self.wrap(AutoBackend, "__init__", "fuse (AutoBackend)")
+        self.wrap(DetectionValidator, "get_dataloader", "build dataset")
+        self.wrap(tdl._BaseDataLoaderIter, "__next__", "decode + letterbox")
+        self.wrap(AutoBackend, "forward", "forward")
+        self.wrap(DetectionValidator, "postprocess", "NMS / postprocess")
+        self.wrap(DetectionValidator, "update_metrics", "match + update metrics")
+        self.wrap(DetectionValidator, "get_stats", "AP computation")
+        try:
+            yield self
+        finally:
+            for owner, attr, original in reversed(self._undo):
+                setattr(owner, attr, original)
+            self._undo.clear()
+
+
+# ----------------------------------------------------------------------------------------------- the two paths
+def fresh_val(model, data: list[str], tmp: Path, cfg: dict, timer: dict | None = None) -> dict[str, float]:
+    """Save the merged model, then one fresh ``YOLO(path).val()`` per dataset."""
+    from ultralytics import YOLO
+
+    from yolo_taskvec import save
+    from yolo_taskvec.data import dataset_name
+
+    path = tmp / "merged.pt"
+    t = time.perf_counter()
+    save(model, path)
+    if timer is not None:
+        timer["save .pt"] += time.perf_counter() - t
+    out = {}
+    for d in data:
+        m = YOLO(str(path)).val(data=d, imgsz=cfg["imgsz"], batch=cfg["batch"], device=cfg["device"], quantize=cfg["quantize"], plots=False, verbose=False)
+        out[dataset_name(d)] = float(m.box.map)
+    path.unlink()
+    return out
+
+
+def reused_val(evaluator, model) -> dict[str, float]:
+    return {k: v["map50_95"] for k, v in evaluator(model).items()}
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------------------------- run
+def run(args: dict[str, str]) -> dict:
+    import torchvision  # noqa: F401 - one-time import cost (seconds) kept out of both paths' timings
+    from ultralytics.utils.torch_utils import select_device
+
+    from yolo_taskvec import TaskVector
+    from yolo_taskvec.checkpoint import load_model
+    from yolo_taskvec.data import dataset_name
+    from yolo_taskvec.evaluation import Evaluator, quiet_ultralytics
+
+    from ultralytics.utils import NUM_THREADS
+
+    device = select_device(args["device"], verbose=False)
+    data = [d for d in args["data"].split(",") if d]
+    steps = int(args["steps"])
+    scales = [round(i / (steps - 1), 4) for i in range(steps)]
+    cfg = {"imgsz": int(args["imgsz"]), "batch": int(args["batch"]), "device": args["device"], "quantize": 16 if device.type == "cuda" else None}
+    env = environment(device)
+    print(f"{env['machine']}\n{env['device']}\n{env['versions']}\nload average at start: {env['load_average_start']}")
+
+    base = load_model(args["base"])
+    tau = TaskVector.from_models(base, args["tuned"], name="fruit-night")
+    names = [dataset_name(d) for d in data]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, quiet_ultralytics():
+        tmp = Path(tmp)
+        fresh_val(tau.apply(base, scale=0.0), data, tmp, cfg)  # warm-up for both paths: imports, label caches, kernels
+        sync(device)
+        t = time.perf_counter()
+        evaluator = Evaluator(data, imgsz=cfg["imgsz"], batch=cfg["batch"], device=args["device"], progress=False)
+        evaluator_init = time.perf_counter() - t
+        t = time.perf_counter()
+        equal = Evaluator(data, imgsz=cfg["imgsz"], batch=cfg["batch"], device=args["device"], progress=False, threads=NUM_THREADS) if device.type == "cpu" else None
+        equal_init = time.perf_counter() - t
+        paths = ("fresh", "reused", "equal") if equal is not None else ("fresh", "reused")
+        for i, alpha in enumerate(scales):
+            t = time.perf_counter()
+            merged = tau.apply(base, scale=alpha)
+            merge_s = time.perf_counter() - t
+            timings, maps = {}, {}
+            for path in paths[i % len(paths) :] + paths[: i % len(paths)]:  # rotate which path runs first
+                sync(device)
+                t = time.perf_counter()
+                maps[path] = fresh_val(merged, data, tmp, cfg) if path == "fresh" else reused_val(evaluator if path == "reused" else equal, merged)
+                sync(device)
+                timings[path] = time.perf_counter() - t
+            row = {"alpha": alpha, "merge_s": merge_s, **{f"{p}_s": timings[p] for p in paths}, **{f"{p}_map": maps[p] for p in paths}}
+            rows.append(row)
+            print(f"α={alpha:.1f}  merge {merge_s:5.2f}s  " + "  ".join(f"{p} {timings[p]:6.2f}s" for p in paths) + "  " + "  ".join(f"{n} " + "/".join(f"{maps[p][n]:.4f}" for p in paths) for n in names))
+
+        profile = {}
+        merged = tau.apply(base, scale=0.5)
+        for path in ("fresh", "reused"):  # stage profile of one α (2 datasets); the reused path in its steady state
+            stage = StageTimer(device)
+            with stage.installed():
+                sync(device)
+                t = time.perf_counter()
+                if path == "fresh":
+                    fresh_val(merged, data, tmp, cfg, stage.seconds)
+                else:
+                    reused_val(evaluator, merged)
+                sync(device)
+                total = time.perf_counter() - t
+            profile[path] = {**{k: round(v, 4) for k, v in stage.seconds.items()}, "other": round(total - sum(stage.seconds.values()), 4), "total": round(total, 4)}
+
+    fresh_total = sum(r["fresh_s"] for r in rows)
+    reused_total = evaluator_init + sum(r["reused_s"] for r in rows)
+    merge_total = sum(r["merge_s"] for r in rows)
+    diff = max(abs(r["fresh_map"][n] - r[f"{p}_map"][n]) for r in rows for n in names for p in paths if p != "fresh")
+    equal_total = equal_init + sum(r["equal_s"] for r in rows) if equal is not None else None
+    summary = {
+        "validation_ratio": fresh_total / reused_total,
+        "equal_threads_ratio": fresh_total / equal_total if equal_total else None,
+        "equal_threads_validation_s": equal_total,
+        "threads": {"fresh": NUM_THREADS if device.type == "cpu" else None, "reused": evaluator.threads, "equal": equal.threads if equal else None},
+        "sweep_ratio": (fresh_total + merge_total) / (reused_total + merge_total),
+        "fresh_validation_s": fresh_total,
+        "reused_validation_s": reused_total,
+        "evaluator_init_s": evaluator_init,
+        "one_time_setup_s": evaluator.timings["data"],
+        "merge_s": merge_total,
+        "max_abs_map_difference": diff,
+        "load_average_end": load_average(),
+    }
+    if equal_total:
+        print(f"\nequal threads ({NUM_THREADS}): fresh {fresh_total:.2f}s vs reused {equal_total:.2f}s -> {summary['equal_threads_ratio']:.2f}x")
+    print(
+        f"\nvalidation: fresh {fresh_total:.2f}s vs reused {reused_total:.2f}s -> {summary['validation_ratio']:.2f}x; "
+        f"whole sweep incl. merges ({merge_total:.2f}s): {summary['sweep_ratio']:.2f}x; max |ΔmAP50-95| = {diff:.2e}"
+    )
+    for path, stages in profile.items():
+        print(f"profile {path}: " + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
+    settings = {**cfg, "data": names, "base": args["base"], "tuned": args["tuned"], "scales": scales}
+    return {"environment": env, "settings": settings, "summary": summary, "rows": rows, "profile": profile}
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+def _threads_lines(s: dict) -> list[str]:
+    if not s.get("equal_threads_ratio"):
+        return []
+    t = s["threads"]
+    return [
+        f"**Reuse alone, equal threads ({t['equal']}): {s['equal_threads_ratio']:.2f}× faster** (fresh {s['fresh_validation_s']:.1f} s vs reused {s['equal_threads_validation_s']:.1f} s).",
+        "",
+        f"With the Evaluator's default threads ({t['reused']}) against `YOLO.val`'s ({t['fresh']}):",
+        "",
+    ]
+
+
+def markdown(runs: dict) -> str:
+    lines = [
+        "# Evaluation speed: reused Evaluator vs fresh `YOLO(path).val()`",
+        "",
+        "Sweep base80 + α·τ(fruit-night), α = 0..1 step 0.1 (11 merged models) × fruit80 and fruit80-night val",
+        "(60 images each). *fresh*: save the merged model to a temporary .pt, then `YOLO(tmp).val(data=..., plots=False)`",
+        "per dataset. *reused*: one `yolo_taskvec.evaluation.Evaluator` (validators and decoded, letterboxed batches",
+        "built once, models fused once) called with the in-memory merged model. The merge is common to both paths.",
+        "Regenerate: `python benchmarks/bench_eval_speed.py` (CPU) or `python benchmarks/bench_eval_speed.py device=0`.",
+        "",
+    ]
+    for kind, r in runs.items():
+        env, s, st = r["environment"], r["summary"], r["settings"]
+        names = st["data"]
+        lines += [
+            f"## {kind.upper()}",
+            "",
+            f"- date: {env['date']}",
+            f"- machine: {env['machine']}",
+            f"- device: {env['device']}; imgsz {st['imgsz']}, batch {st['batch']}, fp16 {'yes' if st['quantize'] == 16 else 'no'}",
+            f"- versions: {env['versions']}",
+            f"- load average at start / end: {env['load_average_start']} / {s['load_average_end']}"
+            + (" (a shared machine: more runnable processes than cores, so the timings are noisy)" if busy(env) else ""),
+            "",
+            *_threads_lines(s),
+            f"**Validation {s['validation_ratio']:.2f}× faster** (fresh {s['fresh_validation_s']:.1f} s vs reused {s['reused_validation_s']:.1f} s, "
+            f"Evaluator set-up {s['evaluator_init_s']:.2f} s and one-time dataset decode {s['one_time_setup_s']:.2f} s included); whole sweep including the merges ({s['merge_s']:.1f} s): "
+            f"**{s['sweep_ratio']:.2f}×**. Max |ΔmAP50-95| between the paths: {s['max_abs_map_difference']:.1e}.",
+            "",
+            "| α | fresh (s) | reused (s) | ratio | reused, equal threads (s) | ratio | " + " | ".join(f"{n} fresh | {n} reused" for n in names) + " |",
+            "|---|---|---|---|---|---|" + "---|---|" * len(names),
+        ]
+        for row in r["rows"]:
+            cells = " | ".join(f"{row['fresh_map'][n]:.4f} | {row['reused_map'][n]:.4f}" for n in names)
+            eq = f"{row['equal_s']:.2f} | {row['fresh_s'] / row['equal_s']:.2f}" if "equal_s" in row else "– | –"
+            lines.append(f"| {row['alpha']:.1f} | {row['fresh_s']:.2f} | {row['reused_s']:.2f} | {row['fresh_s'] / row['reused_s']:.2f} | {eq} | {cells} |")
+        stages = [k for k in dict.fromkeys([*r["profile"]["fresh"], *r["profile"]["reused"]]) if k not in ("other", "total")] + ["other", "total"]
+        lines += ["", "Where the time goes for one more merged model (α = 0.5, both datasets; the reused Evaluator already set up):", "", "| stage | fresh (s) | reused (s) |", "|---|---|---|"]
+        for k in stages:
+            lines.append(f"| {k} | {r['profile']['fresh'].get(k, 0):.3f} | {r['profile']['reused'].get(k, 0):.3f} |")
+        lines.append("")
+    if "cuda" not in runs:
+        lines += ["No GPU figures yet: run `python benchmarks/bench_eval_speed.py device=0` on a machine with a GPU (the JSON keeps both).", ""]
+    lines += [
+        "Notes: *reused* decodes and letterboxes each dataset once (kept resident on the device as uint8), builds one",
+        "Ultralytics validator per dataset, fuses the first model with Ultralytics' AutoBackend and every later model of",
+        "the same architecture into that fused model in place (bit-identical weights, no deep copy), and runs the",
+        "validator's own preprocess/postprocess/update_metrics/get_stats. Both paths score identical weights (the",
+        "Evaluator rounds in-memory weights to fp16 as the saved checkpoint holds them), so the metrics match exactly.",
+        "Threads: `YOLO.val` runs on Ultralytics' setting (`select_device` sets torch threads to cores − 1 on CPU, leaving",
+        "a core for training dataloaders); the Evaluator decodes batches up front and runs inference on all logical CPUs",
+        "(or `OMP_NUM_THREADS`), and the equal-threads column holds it to Ultralytics' count to isolate reuse. On CPU the",
+        "forward pass is most of a validation, so reuse can only remove the rest (checkpoint save/load, deep copy,",
+        "fusion with its FLOPs summary, dataset build, JPEG decode + letterbox); on GPU the forward is a small fraction",
+        "and the removed overhead dominates.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(runs: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(runs), 2, figsize=(12, 4.2 * len(runs)), squeeze=False)
+    for (kind, r), (left, right) in zip(runs.items(), axes):
+        alphas = [row["alpha"] for row in r["rows"]]
+        left.plot(alphas, [row["fresh_s"] for row in r["rows"]], "o-", label="fresh YOLO(path).val() ×2")
+        left.plot(alphas, [row["reused_s"] for row in r["rows"]], "s-", label="reused Evaluator (both datasets)")
+        if "equal_s" in r["rows"][0]:
+            left.plot(alphas, [row["equal_s"] for row in r["rows"]], "^--", label="reused Evaluator, Ultralytics' thread count")
+        left.set(xlabel="α (scale of τ fruit-night)", ylabel="seconds per merged model", title=f"{kind.upper()}: {r['summary']['validation_ratio']:.2f}× faster validation", ylim=(0, None))
+        left.legend()
+        stages = [k for k in dict.fromkeys([*r["profile"]["fresh"], *r["profile"]["reused"]]) if k not in ("other", "total")] + ["other"]
+        bottom = [0.0, 0.0]
+        for k in stages:
+            values = [r["profile"]["fresh"].get(k, 0.0), r["profile"]["reused"].get(k, 0.0)]
+            right.bar(["fresh", "reused"], values, bottom=bottom, label=k)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        right.set(ylabel="seconds per merged model (α = 0.5, 2 datasets)", title="where the time goes")
+        right.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main() -> None:
+    args = parse_args(sys.argv[1:], DEFAULTS, "bench_eval_speed.py")
+    result = run(args)
+    kind = "cuda" if str(result["environment"]["device"]).startswith("cuda") else "cpu"
+    write_outputs("eval_speed", result, Path(args["out"]), kind=kind, markdown=markdown, plot=plot)
+
+
+if __name__ == "__main__":
+    main()
