@@ -199,6 +199,22 @@ def test_nms_time_limit_is_lifted_while_scoring(fruit80, base_pt, monkeypatch):
     assert limits and min(limits) >= 1e3 and nms.non_max_suppression is spy
 
 
+def test_scoring_writes_nothing_into_the_dataset_folder(base_pt, tmp_path):
+    """Ultralytics writes labels/<split>.cache beside the labels; the Evaluator leaves dataset folders untouched."""
+    import shutil
+
+    import yaml
+    from conftest import ASSETS
+
+    folder = shutil.copytree(ASSETS / "datasets" / "coco8", tmp_path / "coco8", symlinks=True)
+    spec = yaml.safe_load(data_yaml("coco8.yaml").read_text())
+    data = tmp_path / "coco8.yaml"
+    data.write_text(yaml.safe_dump({**spec, "path": str(folder)}))
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    Evaluator(str(data), imgsz=IMGSZ, device="cpu", progress=False)(base_pt)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+
+
 def test_quiet_mode_prints_nothing(fruit80, base_pt, capfd):
     Evaluator(fruit80, imgsz=IMGSZ, device="cpu", progress=False)(base_pt)
     out, err = capfd.readouterr()

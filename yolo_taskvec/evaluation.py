@@ -88,6 +88,26 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def no_label_cache_writes() -> Iterator[None]:
+    """Ultralytics' datasets read an existing ``labels/<split>.cache`` but write none inside the block.
+
+    Building a dataset otherwise writes that cache beside the user's labels: scoring must leave the dataset folders
+    as they were (they may be shared or read-only); parsing the labels of a val split again takes well under a second.
+    """
+    from ultralytics.data import dataset
+
+    def keep_in_memory(prefix: str, path: Path, x: dict, version: str) -> None:
+        x["version"] = version  # what Ultralytics' saver sets on the in-memory cache, without the file
+
+    original = dataset.save_dataset_cache_file
+    dataset.save_dataset_cache_file = keep_in_memory
+    try:
+        yield
+    finally:
+        dataset.save_dataset_cache_file = original
+
+
+@contextlib.contextmanager
 def no_nms_time_limit(seconds_per_image: float = 1e4) -> Iterator[None]:
     """Ultralytics' NMS without its time limit inside the block (restored after it).
 
@@ -467,7 +487,8 @@ class Evaluator:
             if self.device.type in {"cpu", "mps"}:
                 v.args.workers = 0  # as Ultralytics' val: CPU time goes to inference, not loading
             v.stride, v.names = prepared.backend.stride, prepared.backend.names
-            v.dataloader = v.get_dataloader(dataset.info.get(self.split), v.args.batch)
+            with no_label_cache_writes():
+                v.dataloader = v.get_dataloader(dataset.info.get(self.split), v.args.batch)
         blocking = self.device.type in {"cpu", "mps"}
         batches = []
         bar = TQDM(v.dataloader, desc=f"decoding {dataset.name}", total=len(v.dataloader), disable=not self.progress)
