@@ -303,7 +303,7 @@ def markdown(runs: dict) -> str:
         "Evaluator rounds in-memory weights to fp16 as the saved checkpoint holds them), so the metrics match exactly.",
         "Threads: `YOLO.val` runs on Ultralytics' setting (`select_device` sets torch threads to cores − 1 on CPU, leaving",
         "a core for training dataloaders); the Evaluator decodes batches up front and runs inference on all logical CPUs",
-        "(or `OMP_NUM_THREADS`), and the equal-threads column holds it to Ultralytics' count to isolate reuse. On CPU the",
+        "(`threads=` limits it), and the equal-threads column holds it to Ultralytics' count to isolate reuse. On CPU the",
         "forward pass is most of a validation, so reuse can only remove the rest (checkpoint save/load, deep copy,",
         "fusion with its FLOPs summary, dataset build, JPEG decode + letterbox); on GPU the forward is a small fraction",
         "and the removed overhead dominates.",

@@ -18,7 +18,7 @@ from conftest import data_yaml, weight
 from yolo_taskvec import TaskVector, merge, save
 from yolo_taskvec.cli import main
 from yolo_taskvec.errors import CheckpointError, DataError, TaskVecError
-from yolo_taskvec.evaluation import Evaluator, Results, evaluate
+from yolo_taskvec.evaluation import Evaluator, Results, available_cpus, evaluate
 
 TOL = 1e-3
 IMGSZ = 320
@@ -163,7 +163,7 @@ def test_nan_values_survive_json(tmp_path):
 
 
 def test_cpu_threads_are_used_and_restored(fruit80, base_pt, monkeypatch):
-    """Inference uses the requested threads (or OMP_NUM_THREADS); the process's own setting is left as it was."""
+    """Inference uses the requested threads (all CPUs by default); the process's own setting is left as it was."""
     seen = []
     ev = Evaluator(fruit80, imgsz=IMGSZ, device="cpu", progress=False, threads=3)
     prepared = ev.prepare(base_pt)
@@ -177,8 +177,7 @@ def test_cpu_threads_are_used_and_restored(fruit80, base_pt, monkeypatch):
     monkeypatch.setattr(type(prepared.backend), "forward", spy)
     ev.score(prepared, "fruit80")
     assert set(seen) == {3} and torch.get_num_threads() == before
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert Evaluator(fruit80, imgsz=IMGSZ, device="cpu", progress=False).threads == 1
+    assert Evaluator(fruit80, imgsz=IMGSZ, device="cpu", progress=False).threads == available_cpus()
     with pytest.raises(TaskVecError, match="threads must be a positive integer"):
         Evaluator(fruit80, threads=0)
 

@@ -68,10 +68,8 @@ def quiet_ultralytics(enabled: bool = True) -> Iterator[None]:
         LOGGER.setLevel(level)
 
 
-def default_threads() -> int:
-    """``OMP_NUM_THREADS`` when the user set it, else the logical CPUs this process may run on."""
-    with contextlib.suppress(KeyError, ValueError):
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+def available_cpus() -> int:
+    """The logical CPUs this process may run on (``OMP_NUM_THREADS`` is no guide: importing Ultralytics sets it to 1)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -347,7 +345,7 @@ class Evaluator:
     to fp16, as Ultralytics and ``save`` store them), so an in-memory merge scores exactly what ``YOLO(saved.pt).val()``
     gives; ``as_saved=False`` scores the fp32 weights as ``merged.val()`` does (they differ by ~0.003 mAP at most on
     the reference merges). Checkpoint files are fp16 already, so for paths both are the same. ``threads``: torch
-    threads for CPU inference: ``OMP_NUM_THREADS`` if set, else all logical CPUs (Ultralytics' ``select_device`` sets cores − 1 to leave one
+    threads for CPU inference, all logical CPUs by default (Ultralytics' ``select_device`` sets cores − 1 to leave one
     for training dataloaders; batches here are decoded up front, so inference may use every core). The process's
     thread setting is restored after each pass. Ultralytics' NMS time limit is lifted while scoring
     (``no_nms_time_limit``), so metrics do not depend on the machine's load.
@@ -385,7 +383,7 @@ class Evaluator:
             raise TaskVecError(f"threads must be a positive integer, got {threads!r}.")
         with quiet_ultralytics(not verbose), torch_threads(None):  # select_device lowers torch's threads for training loaders
             self.device = select_device("" if device is None else device, verbose=False)
-        self.threads = (threads or default_threads()) if self.device.type == "cpu" else None
+        self.threads = (threads or available_cpus()) if self.device.type == "cpu" else None
         self.half = (self.device.type == "cuda") if half is None else bool(half) and self.device.type != "cpu"
         self.datasets = [self._dataset(str(y)) for y in yamls]
         names = [d.name for d in self.datasets]

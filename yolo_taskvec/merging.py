@@ -136,7 +136,8 @@ def merge_states(
         if orthogonalize:
             ds = orthogonalize_deltas(ds)
         merged = method.fn(ds, list(weights), base=b, rngs=rngs, **resolved)
-        out[key] = torch.add(b, merged, alpha=lam)
+        owned = all(merged.untyped_storage().data_ptr() != t.untyped_storage().data_ptr() for t in (*ds, b))
+        out[key] = torch.add(b, merged, alpha=lam, out=merged if owned else None)  # reuse the method's buffer
         report.merged[part] = report.merged.get(part, 0) + 1
     _check_running_var(out, keys)
     for v in vectors:
