@@ -141,10 +141,11 @@ from yolo_taskvec.files import load_vector
 out, seconds = Path(sys.argv[1]), float(sys.argv[2])
 seen, end = set(), time.time() + seconds
 while time.time() < end:
+    existed = out.exists()  # once it exists, atomic replacement means a complete file is always there
     try:
         tv = load_vector(out)
     except Exception as e:
-        if out.exists():
+        if existed:
             print("BAD", type(e).__name__, e)
             sys.exit(1)
         continue
