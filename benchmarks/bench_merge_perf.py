@@ -291,6 +291,8 @@ def markdown(runs: dict) -> str:
     for kind, r in runs.items():
         env, rows = r["environment"], r["rows"]
         lines += [f"## {kind.upper()}", "", *environment_markdown(env, r["summary"]["load_average_end"])]
+        if "settings" in r:
+            lines += ["Run with: " + ", ".join(f"`{k}={v}`" for k, v in r["settings"].items()), ""]
         if busy(env):
             lines += ["**These timings come from a shared machine under load (see the load average): ratios are indicative only; re-run on an idle machine.**", ""]
         for size in dict.fromkeys(x["size"] for x in rows):
