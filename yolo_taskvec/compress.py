@@ -79,11 +79,7 @@ class Options:
             dtype, opts["quant"] = "fp16", "int8"
         if dtype not in DTYPES:
             raise TaskVecError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)} (or int8: quant=int8 with fp16 for the rest).")
-        keep = opts.get("keep")
-        if keep is not None:
-            keep = _number(keep, "keep")
-            if not 0 < keep <= 1:
-                raise TaskVecError(f"keep must be a fraction in (0, 1], got {keep:g}.")
+        keep = _fraction(opts.get("keep"), "keep")
         scope = str(opts.get("scope", "tensor"))
         if scope not in SCOPES:
             raise TaskVecError(f"scope must be one of {', '.join(SCOPES)}, got '{scope}'.")
@@ -96,11 +92,7 @@ class Options:
             rank = int(rank)
             if rank < 1:
                 raise TaskVecError(f"rank must be a positive integer, got {rank}.")
-        energy = opts.get("energy")
-        if energy is not None:
-            energy = _number(energy, "energy")
-            if not 0 < energy <= 1:
-                raise TaskVecError(f"energy must be a fraction in (0, 1], got {energy:g}.")
+        energy = _fraction(opts.get("energy"), "energy")
         quant = opts.get("quant")
         if quant is not None and quant not in QUANTS:
             raise TaskVecError(f"quant must be one of {', '.join(QUANTS)}, got '{quant}'.")
@@ -129,6 +121,16 @@ def _number(value: Any, what: str) -> float:
         raise TaskVecError(f"{what} must be a number, got {value!r}.") from e
     if not math.isfinite(value):
         raise TaskVecError(f"{what} must be finite, got {value}.")
+    return value
+
+
+def _fraction(value: Any, what: str) -> float | None:
+    """``None``, or a number in (0, 1]."""
+    if value is None:
+        return None
+    value = _number(value, what)
+    if not 0 < value <= 1:
+        raise TaskVecError(f"{what} must be a fraction in (0, 1], got {value:g}.")
     return value
 
 

@@ -34,17 +34,22 @@ def load_data(data: str | os.PathLike, split: str = "val") -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _no_font_download() -> Iterator[None]:
+def patched(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """``owner.name`` is ``value`` inside the block and restored after it (an Ultralytics behaviour switched off)."""
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def _no_font_download() -> contextlib.AbstractContextManager[None]:
     """``check_det_dataset`` asks GitHub for a plotting font (even with ``YOLO_OFFLINE=1``); reading a dataset needs
     none, so the check is skipped here (Ultralytics' plotting still fetches it when it draws)."""
     import ultralytics.data.utils as data_utils
 
-    original = data_utils.check_font
-    data_utils.check_font = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        data_utils.check_font = original
+    return patched(data_utils, "check_font", lambda *args, **kwargs: None)
 
 
 def _reason(error: BaseException, path: str) -> str:

@@ -43,7 +43,7 @@ import torch
 
 from .atomic import write_text_atomic
 from .checkpoint import LoadedModel, ModelLike, load_model
-from .data import dataset_name, image_files, load_data
+from .data import dataset_name, image_files, load_data, patched
 from .errors import DataError, TaskVecError
 
 BOX_METRICS = {"map50_95": "metrics/mAP50-95(B)", "map50": "metrics/mAP50(B)", "precision": "metrics/precision(B)", "recall": "metrics/recall(B)"}
@@ -85,8 +85,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@contextlib.contextmanager
-def no_label_cache_writes() -> Iterator[None]:
+def no_label_cache_writes() -> contextlib.AbstractContextManager[None]:
     """Ultralytics' datasets read an existing ``labels/<split>.cache`` but write none inside the block.
 
     Building a dataset otherwise writes that cache beside the user's labels: scoring must leave the dataset folders
@@ -97,16 +96,10 @@ def no_label_cache_writes() -> Iterator[None]:
     def keep_in_memory(prefix: str, path: Path, x: dict, version: str) -> None:
         x["version"] = version  # what Ultralytics' saver sets on the in-memory cache, without the file
 
-    original = dataset.save_dataset_cache_file
-    dataset.save_dataset_cache_file = keep_in_memory
-    try:
-        yield
-    finally:
-        dataset.save_dataset_cache_file = original
+    return patched(dataset, "save_dataset_cache_file", keep_in_memory)
 
 
-@contextlib.contextmanager
-def no_nms_time_limit(seconds_per_image: float = 1e4) -> Iterator[None]:
+def no_nms_time_limit(seconds_per_image: float = 1e4) -> contextlib.AbstractContextManager[None]:
     """Ultralytics' NMS without its time limit inside the block (restored after it).
 
     ``non_max_suppression`` stops after 2 s + 0.05 s per image of a batch and silently returns no detections for
@@ -117,12 +110,7 @@ def no_nms_time_limit(seconds_per_image: float = 1e4) -> Iterator[None]:
 
     from ultralytics.utils import nms
 
-    original = nms.non_max_suppression
-    nms.non_max_suppression = functools.partial(original, max_time_img=seconds_per_image)
-    try:
-        yield
-    finally:
-        nms.non_max_suppression = original
+    return patched(nms, "non_max_suppression", functools.partial(nms.non_max_suppression, max_time_img=seconds_per_image))
 
 
 def model_label(model: ModelLike) -> str:
