@@ -10,10 +10,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import build
+from .calib import save_compact
 from .checkpoint import ModelLike
 from .provenance import save_model
 from .recipe import Recipe, as_recipe
@@ -23,6 +26,14 @@ from .vectors import TaskVector as _IOVector
 
 class TaskVector(_IOVector):
     """A task vector with Ultralytics I/O: ``from_models``, ``load``, ``save`` and ``apply``."""
+
+    def save(self, path: str | os.PathLike, *, dtype: str = "fp32", **compression: Any) -> Path:
+        """Write a safetensors file; ``keep=``, ``scope=``, ``rank=``, ``energy=``, ``quant=`` options (and
+        ``dtype="int8"``) compress it (see ``compress``); ``calib=`` yamls (with ``base=``, ``calib_batches=``,
+        ``calib_imgsz=``, ``calib_mode=``) re-fit its BatchNorm statistics to the compressed weights (see ``calib``)."""
+        if compression or dtype == "int8":
+            return save_compact(self, path, dtype=dtype, **compression)
+        return super().save(path, dtype=dtype)
 
     def apply(self, base: ModelLike, scale: Scale = 1.0, **fields: Any):
         """``base + scale · τ`` as a ready ``ultralytics.YOLO`` (other recipe fields as in ``merge``: ``bn=``, ...)."""

@@ -4,6 +4,8 @@
 become task vectors, vector files are read). ``build_merged(prepared, recipe)`` is the only place a merged model is
 made — API ``merge``, sweeps, searches, soups, the studio and the benchmarks all go through it:
 
+``merged_module`` does steps 1–3 (also for ``calib``, which needs the module only):
+
 1. merge the states (``merging.merge_states``: method, weights, scale, BatchNorm-statistics policy, device);
 2. build the module (the base's architecture, or the architecture carried by a segment head; class unions build
    their widened head in ``heads.merge_union``);
@@ -115,6 +117,26 @@ def input_names(recipe: Recipe, vectors: Sequence[TaskVector]) -> list[str]:
     return names
 
 
+def merged_module(base: LoadedModel, vectors: Sequence[TaskVector], recipe: Recipe) -> tuple[Any, Any, dict[str, Any]]:
+    """Steps 1–3 for ``recipe`` over loaded inputs: ``(fp32 module, merge report, union description)``."""
+    imgsz = recipe.imgsz or int(base.train_args.get("imgsz") or 640)
+    if recipe.classes == "union":
+        from .heads import merge_union
+
+        return merge_union(base, vectors, method=recipe.method, scale=recipe.scale, weights=recipe.weights, bn=recipe.bn, bn_data=list(recipe.bn_data),
+                           bn_batches=recipe.bn_batches, parts=recipe.parts, seed=recipe.seed, imgsz=imgsz, orthogonalize=recipe.orthogonalize,
+                           duplicates=recipe.duplicates, **dict(recipe.params))
+    state, report = merge_states(base.state, vectors, recipe.method, weights=recipe.weights, scale=recipe.scale, params=recipe.params, bn=recipe.bn,
+                                 seed=recipe.seed, layout=base.layout, orthogonalize=recipe.orthogonalize, device=recipe.device)
+    carrier = next((tv for tv in vectors if tv.absolute and tv.meta.get("target_yaml")), None)
+    module = build_module(base, state, target_yaml=carrier.meta["target_yaml"] if carrier else None, names=carrier.meta.get("names") if carrier else None, device=recipe.device)
+    if bn_policy.needs_images(recipe.bn):
+        from .recalibration import recalibrate
+
+        recalibrate(module, list(recipe.bn_data), batches=recipe.bn_batches, imgsz=imgsz)
+    return module, report, {}
+
+
 def build_merged(prepared: Prepared, recipe: Recipe | None = None, *, selection: dict[str, Any] | None = None) -> Any:
     """The merged ``ultralytics.YOLO`` of ``recipe`` (default: the prepared one; it must share its base and inputs).
 
@@ -124,24 +146,9 @@ def build_merged(prepared: Prepared, recipe: Recipe | None = None, *, selection:
     if recipe.base != prepared.recipe.base or [i.source for i in recipe.inputs] != [i.source for i in prepared.recipe.inputs]:
         raise TaskVecError("build_merged: the recipe's base and inputs must be the prepared ones (prepare the new recipe).")
     b = prepared.base
-    imgsz = recipe.imgsz or int(b.train_args.get("imgsz") or 640)
-    if recipe.classes == "union":
-        from .heads import merge_union
-
-        module, report, extra = merge_union(b, prepared.vectors, method=recipe.method, scale=recipe.scale, weights=recipe.weights, bn=recipe.bn, bn_data=list(recipe.bn_data),
-                                            bn_batches=recipe.bn_batches, parts=recipe.parts, seed=recipe.seed, imgsz=imgsz, orthogonalize=recipe.orthogonalize,
-                                            duplicates=recipe.duplicates, **dict(recipe.params))
-    else:
-        state, report = merge_states(b.state, prepared.vectors, recipe.method, weights=recipe.weights, scale=recipe.scale, params=recipe.params, bn=recipe.bn,
-                                     seed=recipe.seed, layout=b.layout, orthogonalize=recipe.orthogonalize, device=recipe.device)
-        carrier = next((tv for tv in prepared.vectors if tv.absolute and tv.meta.get("target_yaml")), None)
-        module = build_module(b, state, target_yaml=carrier.meta["target_yaml"] if carrier else None, names=carrier.meta.get("names") if carrier else None, device=recipe.device)
-        if bn_policy.needs_images(recipe.bn):
-            from .recalibration import recalibrate
-
-            recalibrate(module, list(recipe.bn_data), batches=recipe.bn_batches, imgsz=imgsz)
-        extra = {}
-    provenance = merge_provenance(recipe, prepared, report.as_dict(), extra, selection)
+    module, report, extra = merged_module(b, prepared.vectors, recipe)
+    model = {"task": module.task, "classes": len(module.names)}
+    provenance = merge_provenance(recipe, prepared, report.as_dict(), extra, selection, model)
     label = f"merged({', '.join(prepared.names)})"
     return to_yolo(module, label=label, train_args=merged_train_args(b, module, recipe, label, selection), ckpt_extra={"taskvec": provenance})
 

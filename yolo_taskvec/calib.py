@@ -26,11 +26,10 @@ from typing import Any
 
 import torch
 
-from .checkpoint import LoadedModel, build_module, load_model
+from .checkpoint import LoadedModel, load_model
 from .compress import Restat, save_compressed
 from .data import dataset_name, image_files
 from .errors import MismatchError, TaskVecError
-from .merging import merge_states
 from .taskvector import TaskVector, is_bn_stat
 
 CALIB_MODES = ("shift", "replace")
@@ -84,12 +83,12 @@ def shifted(key: str, base: torch.Tensor, delta: torch.Tensor, fitted: torch.Ten
 
 @torch.no_grad()
 def recalibrated_stats(base: LoadedModel, tv: TaskVector, keys: Sequence[str], data: Sequence[str], *, batches: int, imgsz: int) -> tuple[dict[str, torch.Tensor], int]:
-    """BatchNorm statistics of ``base + tv`` (scale 1) re-estimated on images (``bn.recalibrate``), and the images used."""
+    """BatchNorm statistics of ``base + tv`` (scale 1) re-estimated on images (``recalibration.recalibrate``), and the images used."""
+    from .build import merged_module
     from .recalibration import recalibrate
+    from .recipe import Recipe
 
-    state, _ = merge_states(base.state, [tv], scale=1.0, layout=base.layout)
-    carried = bool(tv.absolute) and tv.meta.get("target_yaml")
-    module = build_module(base, state, target_yaml=tv.meta["target_yaml"] if carried else None, names=tv.meta.get("names") if carried else None)
+    module, _, _ = merged_module(base, [tv], Recipe.build(base=base, inputs=[tv], unmatched="carry"))
     images = recalibrate(module, list(data), batches=batches, batch=CALIB_BATCH, imgsz=imgsz, device="cpu")
     fitted = module.state_dict()
     return {k: fitted[k].detach().float().cpu() for k in keys}, images

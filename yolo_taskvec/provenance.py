@@ -62,10 +62,11 @@ def _file_entries(recipe: Any, prepared: Any) -> list[dict[str, Any]]:
     return entries
 
 
-def merge_provenance(recipe: Any, prepared: Any, report: Mapping[str, Any], extra: Mapping[str, Any], selection: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The provenance entry of a merged model (see the module doc)."""
+def merge_provenance(recipe: Any, prepared: Any, report: Mapping[str, Any], extra: Mapping[str, Any], selection: Mapping[str, Any] | None, model: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The provenance entry of a merged model (see the module doc); ``model``: its task and class count."""
     doc = {
         "format": PROVENANCE_FORMAT,
+        "model": dict(model or {}),
         "recipe": recipe.to_dict(),
         "files": _file_entries(recipe, prepared),
         "inputs": [str(p) for p in prepared.files],  # every file behind the merge: never overwritten by a save
@@ -150,7 +151,7 @@ def model_card(name: str, provenance: Mapping[str, Any], recipe_file: str) -> st
         ("scale", _fmt_scale(r["scale"])),
         ("parts", ", ".join(r["parts"]) if r.get("parts") else "all"),
         ("BatchNorm statistics", r["bn"] + (f" on {', '.join(r['bn_data'])}" if r.get("bn_data") else "")),
-        ("class sets", r["classes"]),
+        ("model", f"{provenance.get('model', {}).get('task', '?')}, {provenance.get('model', {}).get('classes', '?')} classes (class-set policy {r['classes']})"),
         ("seed", str(r["seed"])),
         ("made", f"{provenance.get('created', '?')} with yolo-taskvec {v.get('yolo_taskvec', '?')}, ultralytics {v.get('ultralytics', '?')}, torch {v.get('torch', '?')}"),
     ]

@@ -386,7 +386,7 @@ class Recipe:
             elif isinstance(value, Mapping):
                 value = dict(value)
             out[f.name] = value
-        return out
+        return {"base": out.pop("base"), "base_sha256": out.pop("base_sha256"), **out}
 
     def describe(self) -> str:
         """One line: method, parameters, scale, BatchNorm and class policies."""

@@ -47,14 +47,8 @@ class TaskVector(core.TaskVector):
         """Read a task-vector safetensors file (never unpickles)."""
         return load_vector(path, cls)
 
-    def save(self, path: str | os.PathLike, *, dtype: str = "fp32", **compression: Any) -> Path:
-        """Write a safetensors file; ``keep=``, ``scope=``, ``rank=``, ``energy=``, ``quant=`` options (and
-        ``dtype="int8"``) compress it (see ``compress``); ``calib=`` yamls (with ``base=``, ``calib_batches=``,
-        ``calib_imgsz=``, ``calib_mode=``) re-fit its BatchNorm statistics to the compressed weights (see ``calib``)."""
-        if compression or dtype == "int8":
-            from .calib import save_compact
-
-            return save_compact(self, path, dtype=dtype, **compression)
+    def save(self, path: str | os.PathLike, *, dtype: str = "fp32") -> Path:
+        """Write a dense safetensors file (the API's ``TaskVector.save`` also compresses)."""
         return save_vector(self, path, dtype=dtype)
 
     def summary(self) -> dict[str, Any]:
