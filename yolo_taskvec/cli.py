@@ -137,6 +137,8 @@ ARGS: dict[str, Arg] = {
     "conf": Arg(None, _float, "validation confidence threshold (default: Ultralytics' 0.001)"),
     "iou": Arg(0.7, _float, "validation NMS IoU threshold"),
     "coco": Arg(False, _bool, "also score with pycocotools (COCO AP, AP50, AP75, APs/m/l)"),
+    "host": Arg("127.0.0.1", _str, "studio: address to serve on (127.0.0.1: this machine only)"),
+    "port": Arg(None, _int, "studio: port to serve on (default: the first free one from 7860)"),
 }
 
 MODES: dict[str, tuple[Callable[[dict[str, Any]], Any], tuple[str, ...], str]] = {}
@@ -462,6 +464,17 @@ def run_coco_export(args: dict[str, Any]) -> None:
         raise UsageError(f"coco-export takes one dataset yaml, got {len(data)}.")
     coco = export_coco(data[0], get(args, "split"), out)
     print(f"saved {out}: {len(coco['images'])} images, {len(coco['annotations'])} annotations, {len(coco['categories'])} categories")
+
+
+@mode("studio", ("base", "vectors", "models", "data", "method", "bn", "seed", "imgsz", "batch", "device", "out", "host", "port", "force"), "an interactive merge studio in the browser: a slider per vector, live predictions, score, save (pip install 'yolo-taskvec[studio]')", extra=True)
+def run_studio(args: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+    from .studio import launch
+
+    items = [*(get(args, "vectors") or []), *(get(args, "models") or [])]
+    if not items:
+        raise UsageError("studio needs vectors= (task-vector files) or models= (fine-tuned checkpoints), or both.")
+    options = {k: get(args, k) for k in ("method", "bn", "seed", "imgsz", "batch", "device", "out", "force")}
+    launch(get(args, "base", True), items, get(args, "data", True), host=get(args, "host"), port=get(args, "port"), params=_method_params(extra or {}), **options)
 
 
 @mode("help", (), "show this help")
