@@ -226,7 +226,7 @@ class Page:
         if view is None:
             return '<div id="studio-state" data-version="0"></div>'
         doc = view.as_dict()
-        counts = " · ".join(f"{r['label']}: base {len(r['base'])}, merge {len(r['merge'])} detections" for r in doc["images"])
+        counts = " · ".join(f"{r['image']}: base {len(r['base'])}, merge {len(r['merge'])} detections" for r in doc["images"])
         payload = html.escape(json.dumps(doc, separators=(",", ":")), quote=True)
         return f'<div id="studio-state" data-version="{next(self.version)}" data-view="{payload}">{html.escape(counts)}</div>'
 

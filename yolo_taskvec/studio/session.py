@@ -128,23 +128,26 @@ class ImageView:
     """One image row: the base, each fine-tune and the current merge."""
 
     key: str
-    label: str
+    path: str
     base: Panel
     finetunes: dict[str, Panel]
     merge: Panel
 
     def as_dict(self) -> dict[str, Any]:
-        return {"image": self.key, "label": self.label, "base": self.base.detections, "finetunes": {k: p.detections for k, p in self.finetunes.items()}, "merge": self.merge.detections}
+        return {"image": self.key, "path": self.path, "base": self.base.detections, "finetunes": {k: p.detections for k, p in self.finetunes.items()}, "merge": self.merge.detections}
 
 
 @dataclass
 class View:
+    """What the page shows: the recipe, one row per image, the prediction settings and the time it took."""
+
     recipe: Recipe
     rows: list[ImageView]
+    settings: dict[str, Any]  # imgsz, conf, iou
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds
 
     def as_dict(self) -> dict[str, Any]:
-        return {"recipe": self.recipe.as_dict(), "images": [r.as_dict() for r in self.rows], "timings_ms": self.timings}
+        return {"recipe": self.recipe.as_dict(), "settings": self.settings, "images": [r.as_dict() for r in self.rows], "timings_ms": self.timings}
 
 
 # ----------------------------------------------------------------------------------------------- studio
@@ -318,9 +321,10 @@ class Studio:
             t2 = time.perf_counter()
             merged = [self.panel(path, conf) for _, path in images]
             t3 = time.perf_counter()
-            rows = [ImageView(key, Path(path).name, b, f, m) for (key, path), (b, f), m in zip(images, refs, merged)]
+            rows = [ImageView(key, str(path), b, f, m) for (key, path), (b, f), m in zip(images, refs, merged)]
             timings.update(references_ms=1000 * (t1 - t0), predict_ms=1000 * (t3 - t2), total_ms=1000 * (t3 - t0))
-            return View(recipe, rows, {k: round(v, 1) for k, v in timings.items()})
+            settings = {"imgsz": self.imgsz, "conf": self.conf if conf is None else conf, "iou": self.iou}
+            return View(recipe, rows, settings, {k: round(v, 1) for k, v in timings.items()})
 
     def default_images(self) -> list[tuple[str, str]]:
         """The first val image of each dataset."""
