@@ -174,10 +174,9 @@ def studio_server(args: list[str], log: Path, timeout: float = 240.0):
         deadline = time.monotonic() + timeout
         while True:
             assert proc.poll() is None, f"the studio exited with {proc.returncode}:\n{log.read_text()}"
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        break
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    break
             assert time.monotonic() < deadline, f"the studio did not answer within {timeout:.0f} s:\n{log.read_text()}"
             time.sleep(0.5)
         yield url, port
