@@ -104,6 +104,13 @@ def test_bad_input_is_one_sentence_and_exit_2_before_any_server(args, words, nig
     assert time.perf_counter() - t0 < 30  # it returned: no server was started
 
 
+def test_without_gradio_the_studio_says_how_to_install_it(monkeypatch, night_file, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio now raises ImportError
+    assert main(["studio", "base=yolo26n-base80.pt", f"vectors={night_file}", "data=fruit80.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'pip install "yolo-taskvec[studio]"' in err, err
+
+
 # ----------------------------------------------------------------------------------------------- engine
 def test_several_vectors_and_another_method_are_swapped_into_the_one_loaded_model(tmp_path, night_file, night_vector, base_pt):
     """The general path (merge_states − base, swapped in): the live weights equal merge()'s to within one float32

@@ -36,6 +36,7 @@ PART_RANGE = (0.0, 2.0)
 CSS = """
 .panel img {object-fit: contain;}
 #studio-state {font-size: 0.85em; color: var(--body-text-color-subdued);}
+#score-table table {font-size: 0.85em;}
 footer {display: none !important;}
 """
 
@@ -78,7 +79,7 @@ class Page:
         gr = require_gradio()
         s = self.studio
         init = s.initial
-        with gr.Blocks(title="yolo-taskvec studio", analytics_enabled=False) as blocks:
+        with gr.Blocks(title="yolo-taskvec studio", analytics_enabled=False, delete_cache=(600, 1800)) as blocks:  # drawn panels: kept 30 min
             gr.Markdown(f"## yolo-taskvec studio\n{s.summary()} · hot-swapped on one loaded model")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=300):
@@ -107,8 +108,8 @@ class Page:
                         self.upload = gr.Image(type="filepath", sources=["upload"], label="upload an image", height=200, elem_id="upload")
                         self.cells.append(self._cell_row(gr, "upload"))
                     self.state = gr.HTML(self._state_html(None), elem_id="studio-state-box")
-                    with gr.Row():
-                        self.plot = gr.Image(label="scores (the sweep's plot): press score to add the current merge", type="filepath", interactive=False, elem_id="plot", buttons=["fullscreen"])
+                    gr.Markdown("**scores** · *score* validates the current merge on the datasets' val splits; the plot is the sweep's, with the base and each fine-tune as references")
+                    self.plot = gr.Image(show_label=False, type="filepath", interactive=False, elem_id="plot", buttons=["fullscreen"])
                     self.table = gr.Markdown("", elem_id="score-table")
             self._wire(gr, blocks)
         return blocks
@@ -231,11 +232,14 @@ class Page:
         return f'<div id="studio-state" data-version="{next(self.version)}" data-view="{payload}">{html.escape(counts)}</div>'
 
     def _table_markdown(self) -> str:
+        from ..plots import metric_label
+
         rows = self.studio.table()
         if not rows:
             return ""
         cols = list(rows[0])
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        heads = [c.replace("/", " ").replace(c.rsplit("/", 1)[-1], metric_label(c.rsplit("/", 1)[-1])) if "/" in c else c for c in cols]
+        lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |" for r in rows]
         return "\n".join(lines)
 

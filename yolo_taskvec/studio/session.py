@@ -374,7 +374,7 @@ class Studio:
             self.score_references()
             self.show(recipe)
             metrics = self.evaluator(self.model)
-            row = {**flat_row(recipe.point, metrics, self.objective), "method": recipe.describe(), "seconds": round(time.perf_counter() - t0, 2)}
+            row = {**flat_row(recipe.point, metrics, self.objective), "recipe": recipe.describe(), "seconds": round(time.perf_counter() - t0, 2)}
             self.rows.append(row)
             self.write_results()
             return row
@@ -397,8 +397,9 @@ class Studio:
         return files
 
     def table(self) -> list[dict[str, Any]]:
-        """Scored rows, newest first, with the columns a person reads."""
-        cols = [*self.axes, *(f"{ds}/{METRIC}" for ds in self.datasets), "objective", "method"]
+        """Scored rows, newest first, with the columns a person reads (part scales once one is not 1)."""
+        parts = [g for g in self.groups if any(r[g] != 1.0 for r in self.rows)]
+        cols = [*self.names, *parts, *(f"{ds}/{METRIC}" for ds in self.datasets), "objective", "recipe"]
         return [{c: r.get(c) for c in cols} for r in reversed(self.rows)]
 
     # ------------------------------------------------------------------ saving
