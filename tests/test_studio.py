@@ -256,6 +256,19 @@ def test_studio_page_in_headless_chromium(tmp_path, night_file, base_pt):
         assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in shown.items())
         assert loaded.ckpt["taskvec"]["method"] == "task_arithmetic" and loaded.predict(after["images"][1]["path"], imgsz=settings["imgsz"], verbose=False)
 
+        # another method (the general path: merge_states − base swapped in): its parameter shows, the merge follows
+        assert not page.locator("#param-ties-density").is_visible()
+        page.click("#method input")
+        page.click('#method li[role=option][aria-label="ties"]')
+        while True:
+            version, ties = read_view(page, version)
+            if ties["recipe"]["method"] == "ties":
+                break
+        assert page.locator("#param-ties-density").is_visible() and ties["recipe"]["params"] == {"density": 0.2}
+        merged = merge(base_pt, [night_file], "ties", weights=[alpha], scale={"backbone": 1, "neck": 1, "head": 1}, density=0.2)
+        for row in ties["images"]:
+            assert boxes_match(row["merge"], merged.predict(row["path"], imgsz=settings["imgsz"], conf=settings["conf"], iou=settings["iou"], verbose=False)[0])
+
         # score: the point is added to the sweep's plot (written in the run folder) with both references
         page.click("#score")
         page.wait_for_selector("#plot img", timeout=600_000)
