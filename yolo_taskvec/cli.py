@@ -137,7 +137,7 @@ ARGS: dict[str, Arg] = {
     "conf": Arg(None, _float, "validation confidence threshold (default: Ultralytics' 0.001)"),
     "iou": Arg(0.7, _float, "validation NMS IoU threshold"),
     "coco": Arg(False, _bool, "also score with pycocotools (COCO AP, AP50, AP75, APs/m/l)"),
-    "host": Arg("127.0.0.1", _str, "studio: address to serve on (127.0.0.1: this machine only)"),
+    "host": Arg("127.0.0.1", _str, "studio: address to serve on; 127.0.0.1 is this machine only"),
     "port": Arg(None, _int, "studio: port to serve on (default: the first free one from 7860)"),
 }
 
