@@ -218,6 +218,8 @@ def test_studio_page_in_headless_chromium(tmp_path, night_file, base_pt):
             assert s.connect_ex(("127.0.0.2", port)) != 0
         browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
         page.goto(url)
         version, before = read_view(page, 0)
         name = next(iter(before["recipe"]["weights"]))
@@ -276,4 +278,5 @@ def test_studio_page_in_headless_chromium(tmp_path, night_file, base_pt):
         assert len(results["rows"]) == 1 and results["rows"][0][name] == alpha
         assert set(results["references"]) == {"base", name} and (out / "studio.png").stat().st_size > 10_000
         assert f"{results['rows'][0]['objective']:.4g}" in page.locator("#score-table").inner_text()
+        assert requests and all(u.startswith((url, f"ws://127.0.0.1:{port}/", "data:", "blob:")) for u in requests), sorted(set(requests))  # offline
         browser.close()
