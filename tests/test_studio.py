@@ -86,6 +86,7 @@ def boxes_match(shown: list[dict], result, tol_px: float = 0.01, tol_conf: float
         (["base=yolo26n-base80.pt", "vectors={night}", "data=no-such-data.yaml"], "no-such-data.yaml"),
         (["base=yolo26n-base80.pt", "vectors={night}", "data=fruit80.yaml", "port={busy}"], "choose another port"),
         (["base=yolo26n-base80.pt", "vectors={night}", "data=fruit80.yaml", "density=0.3"], "no parameter 'density'"),
+        (["base=yolo26n-base80.pt", "vectors={night}", "data=fruit80.yaml", "host=203.0.113.9"], "cannot serve on 203.0.113.9"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2_before_any_server(args, words, night_file, capsys):
@@ -143,29 +144,30 @@ def test_several_vectors_and_another_method_are_swapped_into_the_one_loaded_mode
     assert view.rows[0].merge.detections != view.rows[0].base.detections  # so the comparison above can fail
 
 
-def test_score_equals_evaluate_of_the_merge_and_writes_the_sweep_plot(tmp_path, night_file, base_pt):
-    """The score button's numbers are Ultralytics' metrics of the merge that save() writes; references are the base
-    and the fine-tune, scored once."""
+def test_score_equals_evaluate_of_the_merge_and_writes_the_sweep_plot(tmp_path, night_pt, base_pt):
+    """models= (a fine-tune by its bare name, τ extracted at start): the score button's numbers are Ultralytics'
+    metrics of the merge that save() writes; references are the base and the fine-tune, scored once."""
     from yolo_taskvec.studio import Studio
 
     coco8 = data_yaml("coco8.yaml")
-    studio = Studio(base_pt, [night_file], [coco8], out=tmp_path / "run")
+    studio = Studio(base_pt, [night_pt.name], [coco8], out=tmp_path / "run")
+    name = studio.names[0]
     first = studio.score(studio.recipe([0.8], {"backbone": 0.5, "neck": 1, "head": 1}))
     second = studio.score(studio.recipe([0.3]))
-    assert set(studio.references) == {"base", "night"} and len(studio.rows) == 2
+    assert set(studio.references) == {"base", name} and len(studio.rows) == 2
     saved = studio.save(studio.recipe([0.8], {"backbone": 0.5, "neck": 1, "head": 1}))
     assert saved == tmp_path / "run" / "merged.pt"
     expected = evaluate({"saved": saved, "base": base_pt}, [coco8], imgsz=studio.imgsz, progress=False)
     assert first["coco8/map50_95"] == expected.get("saved", "coco8") and first["coco8/map50"] == expected.get("saved", "coco8", "map50")
     assert studio.references["base"]["coco8"]["map50_95"] == expected.get("base", "coco8")
-    assert second["backbone"] == 1.0 and second["night"] == 0.3
+    assert second["backbone"] == 1.0 and second[name] == 0.3
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"studio.png", "studio.json", "studio.csv", "merged.pt"} <= files
     assert studio.save(studio.recipe([0.3])) == tmp_path / "run" / "merged2.pt"  # never over an earlier save
-    before = base_pt.stat().st_mtime_ns
+    before = night_pt.stat().st_mtime_ns
     with pytest.raises(OutputError, match="also an input"):
-        studio.save(studio.recipe([0.3]), base_pt)
-    assert base_pt.stat().st_mtime_ns == before
+        studio.save(studio.recipe([0.3]), night_pt)
+    assert night_pt.stat().st_mtime_ns == before
 
 
 # ----------------------------------------------------------------------------------------------- browser

@@ -53,16 +53,17 @@ def require_gradio() -> Any:
 
 
 def check_address(host: str, port: int | None) -> None:
-    """Refuse a port that is taken (or an address this machine cannot bind) before anything is loaded."""
-    if port is None:
-        return
-    if not 1 <= int(port) <= 65535:
+    """Refuse an address this machine cannot bind, or a port that is taken, before anything is loaded."""
+    if port is not None and not 1 <= int(port) <= 65535:
         raise StudioError(f"port must lie in 1..65535, got {port}.")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will (a port in TIME_WAIT is free)
         try:
-            s.bind((host, int(port)))
+            s.bind((host, int(port or 0)))
         except OSError as e:
-            raise StudioError(f"cannot serve on {host}:{port} ({e.strerror or e}); choose another port= or leave it out for a free one.") from e
+            where = f"{host}:{port}" if port else host
+            hint = "choose another port= or leave it out for a free one" if port else "give host=127.0.0.1 (this machine) or an address of this machine"
+            raise StudioError(f"cannot serve on {where} ({e.strerror or e}); {hint}.") from e
 
 
 # ----------------------------------------------------------------------------------------------- page

@@ -243,7 +243,10 @@ class Studio:
         if parts is not None and not isinstance(parts, Mapping):
             parts = dict(zip(self.groups, parts))
         i = self.initial
-        return self.check(Recipe.make(weights, parts or dict(i.parts), method or i.method, params if params is not None else dict(i.params), bn or i.bn, i.seed if seed is None else seed, orthogonalize))
+        method = method or i.method
+        if params is None:  # the starting parameters belong to the starting method
+            params = dict(i.params) if method == i.method else {}
+        return self.check(Recipe.make(weights, parts or dict(i.parts), method, params, bn or i.bn, i.seed if seed is None else seed, orthogonalize))
 
     # ------------------------------------------------------------------ swapping
     def _put(self, key: str | None, vector: TaskVector | None = None, scale: Any = 1.0, bn: str = "merge") -> None:
