@@ -6,6 +6,7 @@ with ``YOLO()``, a point scored into the sweep's plot. Scores are checked agains
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import IN_CI, REPO, data_yaml, weight
+from conftest import DATASETS, IN_CI, REPO, WEIGHTS, data_yaml, weight
 
 from yolo_taskvec import TaskVector, evaluate, merge, swap
 from yolo_taskvec.cli import main
@@ -61,6 +62,12 @@ def night_file(tmp_path_factory, night_vector) -> Path:
     path = tmp_path_factory.mktemp("studio-vectors") / "night.safetensors"
     night_vector.save(path)
     return path
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Hash of every file under the roots (symlinked images followed), label caches aside."""
+    files = [p for root in roots for p in ([root] if root.is_file() else sorted(root.rglob("*"))) if p.is_file() and p.suffix != ".cache"]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def boxes_match(shown: list[dict], result, tol_px: float = 0.01, tol_conf: float = 1e-4) -> bool:
@@ -214,6 +221,8 @@ def test_studio_page_in_headless_chromium(tmp_path, night_file, base_pt):
     for name in DATA:
         data_yaml(name)
     out = tmp_path / "run"
+    watched = (night_file, WEIGHTS / "yolo26n-base80.pt", *(DATASETS / Path(d).stem for d in DATA))
+    inputs_before = snapshot(*watched)
     args = ["base=yolo26n-base80.pt", f"vectors={night_file}", f"data={','.join(DATA)}", f"out={out}"]  # bare names: weights_dir, datasets_dir
     with studio_server(args, tmp_path / "studio.log") as (url, port), sync_playwright() as pw:
         with socket.socket() as s:  # bound to 127.0.0.1 only: another loopback address is refused
@@ -268,7 +277,8 @@ def test_studio_page_in_headless_chromium(tmp_path, night_file, base_pt):
             version, ties = read_view(page, version)
             if ties["recipe"]["method"] == "ties":
                 break
-        assert page.locator("#param-ties-density").is_visible() and ties["recipe"]["params"] == {"density": 0.2}
+        page.locator("#param-ties-density").wait_for(state="visible")  # its own event: it may come after the redraw
+        assert ties["recipe"]["params"] == {"density": 0.2}
         merged = merge(base_pt, [night_file], "ties", weights=[alpha], scale={"backbone": 1, "neck": 1, "head": 1}, density=0.2)
         for row in ties["images"]:
             assert boxes_match(row["merge"], merged.predict(row["path"], imgsz=settings["imgsz"], conf=settings["conf"], iou=settings["iou"], verbose=False)[0])
@@ -282,3 +292,4 @@ def test_studio_page_in_headless_chromium(tmp_path, night_file, base_pt):
         assert f"{results['rows'][0]['objective']:.4g}" in page.locator("#score-table").inner_text()
         assert requests and all(u.startswith((url, f"ws://127.0.0.1:{port}/", "data:", "blob:")) for u in requests), sorted(set(requests))  # offline
         browser.close()
+    assert snapshot(*watched) == inputs_before  # the studio never modifies its inputs
