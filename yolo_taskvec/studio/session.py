@@ -7,9 +7,10 @@ Every view puts a recipe into that model with ``yolo_taskvec.swap`` (never a rel
   ``merge(base, [τ], scale=...)`` (what ``save`` writes);
 * anything else (several vectors, any other method, ``orthogonalize``): ``merging.merge_states`` gives the merged
   tensors ``m`` with the same call ``merge`` makes, and the difference ``m − base`` is swapped in with scale 1.
-  In fp32 ``base + (m − base)`` equals ``m`` except for about 0.2 % of the entries, which differ by one unit in the
-  last place (``b + d`` cannot land on every float near ``m`` when ``|m − b|`` is coarser than ``m``): far below the
-  fp16 rounding of a saved checkpoint.
+  In fp32 ``b + (m − b)`` is ``m`` except where the subtraction rounds (``m − b`` needs more bits than a float has):
+  measured on yolo26n, no entry with every part scale at 1 and about 0.2 % of them with other part scales, each off
+  by at most a few units in the last place of ``max(|b|, |m|)``, far below the fp16 rounding of a saved checkpoint.
+  (Exact would need ``swap`` to take merged values, or ``merge_states`` to return the unscaled merged delta.)
 
 Base and fine-tune (base + 1·τ_i) predictions are cached per image and confidence threshold. ``score`` runs the
 fast ``Evaluator`` (built once, on the first press) on the datasets and adds a row to the α-curve / Pareto plot that
