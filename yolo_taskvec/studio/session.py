@@ -19,8 +19,8 @@ dataset is normalized by the best of them on it (the base by day, the specialist
 merge with ``api.merge`` (so the checkpoint carries its recipe) and writes it with ``api.save`` into the run folder,
 atomically and never over an input.
 
-Not thread-safe by itself: every public method takes the studio's lock, so a web server may call it from several
-threads.
+Every public method takes the studio's lock (the live model holds one recipe at a time), so a web server may call
+it from several threads.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ LIVE_BN = ("merge", "geometric", "base")  # recalibrate re-estimates statistics 
 PART_GROUPS = ("backbone", "neck", "head")
 METRIC = "map50_95"
 MAX_IMAGES = 200  # images offered per dataset (evenly spaced over a larger val split)
+CACHE_PANELS = 256  # base/fine-tune panels kept (least recently used dropped first)
 
 
 class StudioError(TaskVecError):
@@ -210,7 +212,7 @@ class Studio:
         self.model = _live_model(base, self.base)
         self.lock = threading.RLock()
         self._shown: str | None = None  # what is swapped in: None (base), "ft:<name>" or a recipe key
-        self._cache: dict[tuple, Panel] = {}
+        self._cache: OrderedDict[tuple, Panel] = OrderedDict()
         self._evaluator: Any = None
         self.references: dict[str, dict[str, dict[str, float]]] = {}
         self.reference_for: dict[str, str] = {}
@@ -306,13 +308,16 @@ class Studio:
         conf = self.conf if conf is None else conf
         key = (_content_key(image), conf)
         with self.lock:
-            if (key, None) not in self._cache:
-                self.show_base()
-                self._cache[(key, None)] = self.panel(image, conf)
-            for name in self.names:
+            for name in (None, *self.names):
                 if (key, name) not in self._cache:
-                    self.show_finetune(name)
+                    if name is None:
+                        self.show_base()
+                    else:
+                        self.show_finetune(name)
                     self._cache[(key, name)] = self.panel(image, conf)
+                    while len(self._cache) > CACHE_PANELS:
+                        self._cache.popitem(last=False)
+                self._cache.move_to_end((key, name))
             return self._cache[(key, None)], {n: self._cache[(key, n)] for n in self.names}
 
     def view(self, recipe: Recipe, images: Sequence[tuple[str, str]], conf: float | None = None) -> View:
