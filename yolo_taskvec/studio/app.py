@@ -110,7 +110,7 @@ class Page:
                         self.cells.append(self._cell_row(gr, "upload"))
                     self.state = gr.HTML(self._state_html(None), elem_id="studio-state-box")
                     gr.Markdown("**scores** · *score* validates the current merge on the datasets' val splits; the plot is the sweep's, with the base and each fine-tune as references")
-                    self.plot = gr.Image(show_label=False, type="filepath", interactive=False, elem_id="plot", buttons=["fullscreen"])
+                    self.plot = gr.Image(show_label=False, interactive=False, format="png", elem_id="plot", buttons=["fullscreen"])
                     self.table = gr.Markdown("", elem_id="score-table")
             self._wire(gr, blocks)
         return blocks
@@ -208,9 +208,12 @@ class Page:
             row = self.studio.score(recipe)
         except TaskVecError as e:
             return [gr.skip(), gr.skip(), f"⚠️ {e}"]
+        from PIL import Image
+
         path = self.studio.out / "studio.png"
         status = f"scored {recipe.describe()}: objective {row['objective']:.4f} ({row['seconds']:.1f} s) · {path}"
-        return [str(path), self._table_markdown(), status]
+        with Image.open(path) as plot:  # the pixels, not the path: the run folder need not be one Gradio may serve
+            return [plot.convert("RGB"), self._table_markdown(), status]
 
     def on_save(self, *values: Any) -> list[Any]:
         gr = require_gradio()
