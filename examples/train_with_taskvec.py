@@ -17,8 +17,8 @@ from typing import Any
 from ultralytics import YOLO
 from ultralytics.cfg import merge_equals_args, smart_value
 
+from yolo_taskvec import resolve_yaml
 from yolo_taskvec.callbacks import add_taskvec_callbacks
-from yolo_taskvec.data import resolve_yaml
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -146,7 +146,9 @@ def test_saved_merge_is_a_plain_ultralytics_checkpoint(base_pt, night_pt, night_
     assert ckpt["ema"] is None and ckpt["model"] is not None
     assert next(ckpt["model"].parameters()).dtype == torch.float16
     assert ckpt["train_args"]["imgsz"] == 320
-    assert ckpt["taskvec"]["vectors"] == ["fruit-night"] and ckpt["taskvec"]["scale"] == 0.5
+    assert ckpt["taskvec"]["names"] == ["fruit-night"] and ckpt["taskvec"]["recipe"]["scale"] == 0.5
+    assert ckpt["train_args"]["mode"] == "merge" and "merge" in ckpt["train_args"]["model"]  # describes the merge, not the base's training
+    assert (tmp_path / "merged.recipe.yaml").is_file() and (tmp_path / "merged.md").is_file()
     code = (
         "import sys; from ultralytics import YOLO; m = YOLO(sys.argv[1]); "
         "r = m.val(data=sys.argv[2], imgsz=320, batch=16, plots=False, verbose=False); print('MAP', r.box.map); "

@@ -1,8 +1,7 @@
-"""Scale search (coordinate and random, local and Ray Tune) and greedy soups.
+"""Scale search (coordinate and random) and greedy soups.
 
 Pure tests find the optimum of known functions within a budget; on the real checkpoints the search improves over
-its start, the Ray backend runs real trials on a real local Ray instance, and the greedy soup is built from real
-models.
+its start, and the greedy soup is built from real models.
 """
 
 from __future__ import annotations
@@ -16,7 +15,8 @@ from test_sweep import PNG_MAGIC, Counting, Probe
 
 from yolo_taskvec.cli import main
 from yolo_taskvec.errors import TaskVecError
-from yolo_taskvec.search import coordinate_search, greedy_soup, maximize, parse_bounds, search, search_space, start_point
+from yolo_taskvec.search import coordinate_search, maximize, parse_bounds, search, search_space, start_point
+from yolo_taskvec.soup import greedy_soup
 
 
 # ----------------------------------------------------------------------------------------------- pure
@@ -74,7 +74,7 @@ def test_space_bounds_and_start_parsing():
     assert start_point({"a": (0, 1), "b": (0, 2)}, None) == {"a": 0.5, "b": 1.0}
     assert start_point({"a": (0, 1), "b": (0, 2)}, {"b": 0.2}) == {"a": 0.5, "b": 0.2}
     for call, message in [
-        (lambda: search_space("layers", (0, 1), names), "unknown search space 'layers'"),
+        (lambda: search_space("", (0, 1), names), "the search space is empty"),
         (lambda: parse_bounds("1:0"), "low must be below high"),
         (lambda: parse_bounds("0:1:2"), "is not low:high"),
         (lambda: start_point({"a": (0, 1)}, 3.0), "outside its bounds"),
@@ -125,31 +125,6 @@ def test_search_improves_over_its_start_on_real_data(base_model, night_vector, d
     assert result.best["objective"] == pytest.approx((result.best["fruit80/map50_95"] + result.best["fruit80-night/map50_95"]) / 2)
     assert result.files["png"].read_bytes().startswith(PNG_MAGIC)
     assert "best: scale=" in result.table()
-
-
-@pytest.mark.slow
-def test_ray_backend_runs_trials_on_a_real_local_instance(base_pt, tmp_path):
-    """Trials and the reference run as Ray tasks on a private 2-CPU local Ray, shut down afterwards."""
-    import ray  # the [ray] extra (part of [dev])
-    from yolo_taskvec import TaskVector
-    from yolo_taskvec.evaluation import Evaluator
-    from yolo_taskvec.sweep import MergeScorer, Objective
-
-    night = TaskVector.from_models(base_pt, base_pt.with_name("yolo26n-fruit-night.pt"), name="night")
-    vector = night.save(tmp_path / "night.safetensors")
-    data = [str(data_yaml("fruit80-night.yaml"))]
-    assert not ray.is_initialized()
-    result = search(str(base_pt), [str(vector)], data=data, space="scale", start=1.0, budget=3, imgsz=160, batch=32, reference="base", backend="ray", workers=2, out=tmp_path / "ray", verbose=False)
-    assert not ray.is_initialized()
-    assert len(result.rows) == 3 and result.evaluated == 3 and result.backend == "ray"
-    assert [r["trial"] for r in result.rows] == [1, 2, 3] and result.rows[0]["scale"] == 1.0
-    reference = result.references["base"]["fruit80-night"]["map50_95"]
-    for row in result.rows:
-        assert row["objective"] == pytest.approx(row["fruit80-night/map50_95"] / reference)
-    # a trial scored in a Ray worker equals the same merge scored here
-    local = MergeScorer(result.scorer.base, result.scorer.vectors, Evaluator(data, imgsz=160, batch=32, device="cpu", progress=False), Objective(), result.scorer.merge_kw)
-    assert local.score({"scale": 1.0})["fruit80-night/map50_95"] == pytest.approx(result.rows[0]["fruit80-night/map50_95"], abs=1e-6)
-    assert json.loads((tmp_path / "ray" / "search.json").read_text())["rows"][2]["trial"] == 3
 
 
 # ----------------------------------------------------------------------------------------------- greedy soup

@@ -19,7 +19,8 @@ from yolo_taskvec import TaskVector
 from yolo_taskvec.cli import main
 from yolo_taskvec.errors import TaskVecError
 from yolo_taskvec.plots import pareto_front
-from yolo_taskvec.sweep import Objective, grid_points, parse_grid, parse_values, reference_sources, sweep
+from yolo_taskvec.runs import Objective, reference_sources
+from yolo_taskvec.sweep import grid_points, parse_grid, parse_values, sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROBES = {"backbone": "model.0.conv.weight", "neck": "model.13.cv1.conv.weight", "head": "model.23.cv2.0.0.conv.weight"}
@@ -146,6 +147,7 @@ def test_day_night_sweep_table_and_best(day_night):
     assert by_scale[0.5]["objective"] > 0.9 > max(by_scale[0.0]["objective"], by_scale[1.0]["objective"])
     text = result.table()
     assert "* " in text and "best: scale=0.5" in text and "reference for fruit80-night: yolo26n-fruit-night" in text
+    assert "chosen on the reported data" in text  # no selection split: the table says so
 
 
 def test_day_night_sweep_files(day_night):
@@ -176,14 +178,15 @@ def test_cli_sweep_resumes_prints_and_saves_best(day_night, night_vector, base_p
     before = json.loads((folder / "sweep.json").read_text())["rows"]
     vector = night_vector.save(tmp_path / "night.safetensors")
     code = main(["sweep", f"base={base_pt}", f"vectors={vector}", f"data={','.join(data)}", "scales=0:1:0.5",
-                 f"reference={base_pt},{night_pt}", "imgsz=320", f"out={folder}", f"save={folder / 'best.pt'}", "verbose=false"])
+                 f"reference={base_pt},{night_pt}", "imgsz=320", f"out={folder}", f"best={folder / 'best.pt'}", "verbose=false"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert json.loads((folder / "sweep.json").read_text())["rows"] == before  # nothing recomputed
     assert "best: scale=0.5 -> mean normalized mAP50-95" in printed.out and "fruit80-night/norm" in printed.out
     best = YOLO(folder / "best.pt")
-    assert best.ckpt["taskvec"]["scale"] == 0.5
-    expected = night_vector.apply(result.scorer.base, scale=0.5).model.state_dict()
+    assert best.ckpt["taskvec"]["recipe"]["scale"] == 0.5 and best.ckpt["taskvec"]["selection"]["point"] == {"scale": 0.5}
+    assert "Chosen by a sweep" in (folder / "best.md").read_text()
+    expected = night_vector.apply(result.scorer.prepared.base, scale=0.5).model.state_dict()
     for key, value in best.model.state_dict().items():
         if value.is_floating_point():
             assert torch.allclose(value.float(), expected[key].float(), atol=2e-3, rtol=1e-3), key
@@ -206,9 +209,10 @@ def test_per_part_grid_scales_each_part(base_model, night_vector, tmp_path):
         for part in PROBES:
             assert row[f"{part}/map50_95"] == pytest.approx(probe.expected(part, row[part]), abs=1e-5), (part, row)
     assert result.files["png"].read_bytes().startswith(PNG_MAGIC)  # two varying axes: heatmaps
-    with pytest.raises(TaskVecError, match="leave part 'neck' without a scale; add it or '\\*'"):
-        sweep(base_model, [night_vector], scales={"backbone": [0, 1], "head": [1]}, out=tmp_path / "bad", evaluator=probe, verbose=False)
-    with pytest.raises(TaskVecError, match="unknown scale key 'bakbone'"):
+    rest = sweep(base_model, [night_vector], scales={"backbone": [0, 1], "head": [1]}, scale=0.5, out=tmp_path / "rest", evaluator=probe, verbose=False)
+    for row in rest.rows:  # parts without an axis keep the recipe's scale
+        assert row["neck/map50_95"] == pytest.approx(probe.expected("neck", 0.5), abs=1e-5)
+    with pytest.raises(TaskVecError, match="unknown axis 'bakbone'.*did you mean backbone"):
         sweep(base_model, [night_vector], scales={"bakbone": [0, 1]}, out=tmp_path / "bad", evaluator=probe, verbose=False)
 
 
@@ -257,5 +261,5 @@ def test_interrupted_sweep_resumes_without_recomputing(base_model, night_vector,
     again = sweep(base_model, [night_vector], **kw)
     assert probe.calls == 0 and again.rows == result.rows
 
-    with pytest.raises(TaskVecError, match="holds a different sweep \\(method"):
+    with pytest.raises(TaskVecError, match="holds a different sweep \\(recipe"):
         sweep(base_model, [night_vector], method="average", **kw)

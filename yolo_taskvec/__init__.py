@@ -2,19 +2,49 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from .version import __version__
 from . import compress  # noqa: F401  (registers the compact encodings with files.DECODERS)
 from .api import TaskVector, merge, save
+from .bn import POLICIES as BN_POLICIES
 from .checkpoint import load_model
 from .coco import export_coco
+from .data import resolve_yaml
 from .errors import TaskVecError
 from .evaluation import Evaluator, Results, evaluate
 from .heads import union_classes, union_data
-from .merging import BN_POLICIES
 from .methods import method_names
-from .search import greedy_soup, search
-from .sweep import sweep
+from .recipe import Recipe, RecipeError
+from .runs import Objective, RunResult, Scoring
+from .search import search
+from .soup import greedy_soup
 from .swap import swap, swapped, unswap
+from .sweep import sweep
 
-__all__ = ["BN_POLICIES", "Evaluator", "Results", "TaskVecError", "TaskVector", "__version__", "evaluate", "export_coco", "greedy_soup", "load_model", "merge", "method_names", "save", "search", "swap", "swapped", "sweep", "union_classes", "union_data", "unswap"]
+__all__ = [
+    "BN_POLICIES",
+    "Evaluator",
+    "Objective",
+    "Recipe",
+    "RecipeError",
+    "Results",
+    "RunResult",
+    "Scoring",
+    "TaskVecError",
+    "TaskVector",
+    "__version__",
+    "evaluate",
+    "export_coco",
+    "greedy_soup",
+    "load_model",
+    "merge",
+    "method_names",
+    "resolve_yaml",
+    "save",
+    "search",
+    "swap",
+    "swapped",
+    "sweep",
+    "union_classes",
+    "union_data",
+    "unswap",
+]

@@ -1,75 +1,138 @@
-"""BatchNorm recalibration: re-estimate running statistics of a merged model on unlabeled images.
+"""BatchNorm policies: the names, the rules and the arithmetic of running statistics in a merge (pure tensors).
 
-Statistics are reset and re-accumulated as a cumulative average (``momentum=None``) over a bounded number of
-letterboxed batches from one or more dataset yamls (their ``train`` split by default, interleaved), with no
-gradients and no labels. Everything except the BatchNorm layers stays in eval mode.
+Running means and variances are not learned weights: they describe the distribution of each layer's input
+features. A merge ``θ = θ_base + Σ cᵢ τᵢ`` (``cᵢ`` = scale · the method's statistic coefficient of input ``i``)
+treats them by policy:
+
+=================  =====================================================================================
+``merge``          task arithmetic on means and variances with the same coefficients (the default: it measured
+                   best on the reference models). A variance pushed to zero or below is refused.
+``mixture``        the moments of the mixture of the inputs' feature distributions, weights ``c₀ = 1 − Σcᵢ`` for
+                   the base and ``cᵢ`` for the inputs: ``mean = Σ cᵢ μᵢ``, ``var = Σ cᵢ (σᵢ² + μᵢ²) − mean²``
+                   (computed centered: ``Σ cᵢ σᵢ² + Σ cᵢ (μᵢ − mean)²``). The means equal ``merge``'s; the
+                   variances add the spread between the inputs' means. Non-positive variances are refused.
+``geometric``      means as ``merge``, variances interpolated in log space (``var = var₀ · Π (varᵢ/var₀)^cᵢ``),
+                   positive for any coefficients (negation, extrapolation).
+``base``           the base's statistics kept.
+``recalibrate``    the base's kept here; the adapter then re-estimates them on images (``bn_data`` yamls) with
+                   ``recalibration.recalibrate``.
+=================  =====================================================================================
+
+``num_batches_tracked`` never takes part. This module knows nothing of Ultralytics.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 
-import cv2
-import numpy as np
 import torch
 
-from .data import image_files
-from .errors import DataError, TaskVecError
+from .errors import TaskVecError
+
+POLICIES = ("merge", "mixture", "geometric", "base", "recalibrate")
+DEFAULT = "merge"
+MEAN, VAR = ".running_mean", ".running_var"
+STATS = (MEAN, VAR)
 
 
-def _interleave(lists: Sequence[list[Path]]) -> list[Path]:
-    return [p for group in itertools.zip_longest(*lists) for p in group if p is not None]
+def is_stat(key: str) -> bool:
+    """True for BatchNorm running statistics (not learned weights)."""
+    return key.endswith(STATS)
 
 
-def letterboxed_batches(files: Sequence[Path], imgsz: int, batch: int, limit: int) -> Iterator[torch.Tensor]:
-    """Float RGB batches (0-1), letterboxed to ``imgsz`` square, at most ``limit`` of them."""
-    from ultralytics.data.augment import LetterBox
-
-    box = LetterBox(new_shape=(imgsz, imgsz), auto=False, stride=32)
-    chunk: list[np.ndarray] = []
-    produced = 0
-    for f in files:
-        img = cv2.imread(str(f))
-        if img is None:
-            raise DataError(f"image {f} cannot be read.")
-        chunk.append(box(image=img)[..., ::-1].transpose(2, 0, 1))
-        if len(chunk) == batch:
-            yield torch.from_numpy(np.ascontiguousarray(np.stack(chunk))).float() / 255
-            chunk, produced = [], produced + 1
-            if produced >= limit:
-                return
-    if chunk:
-        yield torch.from_numpy(np.ascontiguousarray(np.stack(chunk))).float() / 255
+def check_policy(policy: str) -> str:
+    if policy not in POLICIES:
+        raise TaskVecError(f"unknown BatchNorm policy '{policy}'; choose one of {', '.join(POLICIES)}.")
+    return policy
 
 
-@torch.no_grad()
-def recalibrate(module: torch.nn.Module, data: str | Sequence[str] | None, *, batches: int = 16, batch: int = 16, imgsz: int = 640, split: str = "train", device: str | torch.device | None = None) -> int:
-    """Reset and re-estimate every BatchNorm's running statistics in place; returns the images used."""
-    if not data:
-        raise TaskVecError("bn=recalibrate needs bn_data: one or more dataset yamls whose images re-estimate the BatchNorm statistics.")
-    if batches < 1:
-        raise TaskVecError(f"bn_batches must be at least 1, got {batches}.")
-    yamls = [data] if isinstance(data, (str, Path)) else list(data)
-    files = _interleave([image_files(y, split) for y in yamls])
-    bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        raise TaskVecError("the model has no BatchNorm layers to recalibrate (is it fused?).")
-    device = torch.device(device) if device is not None else next(module.parameters()).device
-    momenta = [m.momentum for m in bns]
-    module.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    seen = 0
-    try:
-        for x in letterboxed_batches(files, imgsz, batch, batches):
-            module(x.to(device, next(module.parameters()).dtype))
-            seen += len(x)
-    finally:
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-        module.eval()
-    return seen
+def needs_images(policy: str) -> bool:
+    """Whether the policy re-estimates statistics on images after the merge (``bn_data`` required)."""
+    return policy == "recalibrate"
+
+
+def keeps_base(policy: str) -> bool:
+    """Whether the merge itself leaves the base's statistics in place."""
+    return policy in ("base", "recalibrate")
+
+
+def layer_of(key: str) -> str:
+    """``model.3.bn.running_var`` -> ``model.3.bn``."""
+    return key[: -len(MEAN)] if key.endswith(MEAN) else key[: -len(VAR)]
+
+
+def merge_statistics(
+    policy: str,
+    base: Mapping[str, torch.Tensor],
+    keys: Sequence[str],
+    deltas: Callable[[str], Sequence[torch.Tensor | None]],
+    weights: Sequence[float],
+    scale: Callable[[str], float],
+) -> dict[str, torch.Tensor]:
+    """The merged running statistics of ``keys`` under ``policy`` (``{}`` for ``base``/``recalibrate``).
+
+    ``deltas(key)``: every input's delta of that statistic (``None`` where an input has none: it equals the base's);
+    ``weights``: the method's statistic coefficient of each input; ``scale(key)``: the scale of the key's part, so
+    ``cᵢ = scale · weightᵢ``.
+    """
+    check_policy(policy)
+    if keeps_base(policy):
+        return {}
+    out: dict[str, torch.Tensor] = {}
+    for key in keys:
+        lam, ds = scale(key), list(deltas(key))
+        if key.endswith(MEAN) or policy == "merge":
+            out[key] = torch.add(base[key], _weighted(ds, weights, base[key]), alpha=lam)
+        elif policy == "geometric":
+            out[key] = _geometric_var(key, base[key], ds, [lam * w for w in weights])
+        else:
+            out[key] = _mixture_var(base[key], list(deltas(layer_of(key) + MEAN)), ds, [lam * w for w in weights])
+    check_variances(out)
+    return out
+
+
+def _weighted(deltas: Sequence[torch.Tensor | None], weights: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """``Σ wᵢ dᵢ`` (missing deltas are zeros), in fp32 (fp64 for fp64 statistics)."""
+    out = torch.zeros_like(like, dtype=_dtype(like))
+    for d, w in zip(deltas, weights):
+        if d is not None:
+            out.add_(d.to(out.dtype), alpha=w)
+    return out
+
+
+def _dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _mixture_var(base_var: torch.Tensor, mean_deltas: Sequence[torch.Tensor | None], var_deltas: Sequence[torch.Tensor | None], coefs: Sequence[float]) -> torch.Tensor:
+    """``Σ cᵢ σᵢ² + Σ cᵢ (μᵢ − μ)²`` over the base (``c₀ = 1 − Σcᵢ``) and the inputs, in deltas from the base."""
+    within = base_var.to(_dtype(base_var)) + _weighted(var_deltas, coefs, base_var)  # Σ cᵢ σᵢ² = σ₀² + Σ cᵢ (σᵢ² − σ₀²)
+    shift = _weighted(mean_deltas, coefs, base_var)  # μ − μ₀ = Σ cᵢ (μᵢ − μ₀)
+    between = shift.square() * (1.0 - sum(coefs))  # the base's term c₀ (μ₀ − μ)²
+    for d, c in zip(mean_deltas, coefs):
+        if c:
+            between.add_(((d.to(shift.dtype) if d is not None else torch.zeros_like(shift)) - shift).square_(), alpha=c)
+    return within.add_(between)
+
+
+def _geometric_var(key: str, b: torch.Tensor, deltas: Sequence[torch.Tensor | None], coefs: Sequence[float]) -> torch.Tensor:
+    log_ratio = torch.zeros_like(b, dtype=torch.float32)
+    for d, c in zip(deltas, coefs):
+        if d is None or not c:
+            continue
+        var = b + d
+        if bool((var <= 0).any()):
+            raise TaskVecError(f"bn=geometric needs each vector's running_var to be a variance, but {key} is not positive in one of them (a vector built by subtraction?); use bn=merge or bn=recalibrate.")
+        log_ratio.add_(torch.log(var / b), alpha=c)
+    return b * torch.exp(log_ratio)
+
+
+def check_variances(stats: Mapping[str, torch.Tensor]) -> None:
+    """Refuse merged running variances that are not positive, naming the layers and the ways out."""
+    bad = [k for k, v in stats.items() if k.endswith(VAR) and bool((v <= 0).any())]
+    if bad:
+        n = sum(int((stats[k] <= 0).sum()) for k in bad)
+        raise TaskVecError(
+            f"these scales make {n} BatchNorm running variances non-positive in {len(bad)} layers (e.g. {bad[0]}); "
+            "use smaller scales, bn=geometric (variances in log space), bn=base or bn=recalibrate."
+        )

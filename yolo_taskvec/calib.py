@@ -85,7 +85,7 @@ def shifted(key: str, base: torch.Tensor, delta: torch.Tensor, fitted: torch.Ten
 @torch.no_grad()
 def recalibrated_stats(base: LoadedModel, tv: TaskVector, keys: Sequence[str], data: Sequence[str], *, batches: int, imgsz: int) -> tuple[dict[str, torch.Tensor], int]:
     """BatchNorm statistics of ``base + tv`` (scale 1) re-estimated on images (``bn.recalibrate``), and the images used."""
-    from .bn import recalibrate
+    from .recalibration import recalibrate
 
     state, _ = merge_states(base.state, [tv], scale=1.0, layout=base.layout)
     carried = bool(tv.absolute) and tv.meta.get("target_yaml")

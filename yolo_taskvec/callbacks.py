@@ -41,7 +41,7 @@ class TaskVecOutputs:
     """What the integration wrote for a run (``trainer.taskvec``)."""
 
     vector: Path
-    sweep: Any = None  # yolo_taskvec.sweep.SweepResult when sweep_data was given
+    sweep: Any = None  # yolo_taskvec.RunResult when sweep_data was given
 
     @property
     def files(self) -> dict[str, Path]:
@@ -85,6 +85,7 @@ def taskvec_callbacks(
     dtype: str = "fp32",
     name: str | None = None,
     unmatched: str = "error",
+    select: Any = None,
     verbose: bool = True,
 ) -> dict[str, Callable[[Any], None]]:
     """The integration as ``{event: function}``; ``add_taskvec_callbacks`` registers it on a YOLO model.
@@ -93,7 +94,8 @@ def taskvec_callbacks(
     (none: only the vector is saved). ``scales``: α values (list or ``"0:1:0.25"``). ``reference``: ``"auto"`` (see
     the module doc), ``None`` (raw metrics) or anything ``sweep(reference=...)`` takes. ``imgsz``: the training's
     by default. ``dtype``: storage dtype of the vector file. ``unmatched``: ``carry`` keeps tensors whose shape
-    changed in training (another class count) as absolute values.
+    changed in training (another class count) as absolute values. ``select``: a selection split for α (``sweep``'s
+    ``select=``, e.g. one held-out yaml per dataset); without it α is chosen on the swept data and the table says so.
     """
     data = [sweep_data] if isinstance(sweep_data, (str, os.PathLike)) else list(sweep_data or [])
 
@@ -140,6 +142,7 @@ def taskvec_callbacks(
             imgsz=imgsz or int(trainer.args.imgsz),
             batch=batch,
             device=device if device is not None else trainer.device,
+            select=select,
             out=trainer.save_dir,
             verbose=verbose,
         )

@@ -249,13 +249,18 @@ def _arch(yaml: Mapping) -> str:
     return f"{Path(str(yaml.get('yaml_file', 'model'))).stem} scale {yaml.get('scale', '?')}"
 
 
-def build_module(base: LoadedModel, state: Mapping[str, torch.Tensor], *, target_yaml: Mapping | None = None, names: Mapping[int, str] | None = None) -> torch.nn.Module:
-    """A new fp32 module with ``state`` loaded: the base's architecture, or ``target_yaml`` when it differs."""
+def build_module(base: LoadedModel, state: Mapping[str, torch.Tensor], *, target_yaml: Mapping | None = None, names: Mapping[int, str] | None = None, device: str | torch.device | None = None) -> torch.nn.Module:
+    """A new fp32 module with ``state`` loaded: the base's architecture, or ``target_yaml`` when it differs.
+
+    ``device``: where the module is put before the state is copied in (a state merged on a GPU stays there).
+    """
     if target_yaml is None or dict(target_yaml) == dict(base.yaml):
         module = copy.deepcopy(base.module)
     else:
         module = _module_from_yaml(target_yaml, {k: tuple(v.shape) for k, v in state.items()})
         module.args = dict(base.module.args)
+    if device is not None:
+        module.to(device)
     missing, unexpected = _load_state(module, state)
     if missing or unexpected:
         key = (missing or unexpected)[0]

@@ -69,6 +69,7 @@ def to_safetensors(model: ModelLike, out: str | os.PathLike, *, dtype: str = "fp
         "names": json.dumps({str(k): str(v) for k, v in loaded.names.items()}),
         "task": loaded.task,
         "train_args": json.dumps(_jsonable(loaded.train_args)),
+        "taskvec": json.dumps(_jsonable(loaded.ckpt.get("taskvec") or {})),  # a merge's provenance travels with it
         "dtype": dtype,
         "ultralytics_version": __version__,
         "source": Path(loaded.source).name,
@@ -90,7 +91,7 @@ def _check_rebuildable(loaded: LoadedModel) -> None:
 def from_safetensors(path: str | os.PathLike):
     """Rebuild a converted model as a ready ``ultralytics.YOLO`` (never unpickles, never ``eval``s)."""
     loaded = load_converted(path)
-    return to_yolo(loaded.module, label=loaded.name, train_args=loaded.train_args)
+    return to_yolo(loaded.module, label=loaded.name, train_args=loaded.train_args, ckpt_extra={"taskvec": loaded.ckpt["taskvec"]} if loaded.ckpt.get("taskvec") else None)
 
 
 def to_checkpoint(path: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -99,7 +100,7 @@ def to_checkpoint(path: str | os.PathLike, out: str | os.PathLike) -> Path:
 
     check_output(out, [path, input_file(path)])
     loaded = load_converted(path)
-    return save_checkpoint(loaded.module, out, inputs=[loaded.path], train_args=loaded.train_args, provenance={"converted_from": loaded.path.name})
+    return save_checkpoint(loaded.module, out, inputs=[loaded.path], train_args=loaded.train_args, provenance={**(loaded.ckpt.get("taskvec") or {}), "converted_from": loaded.path.name})
 
 
 def is_converted_model(path: str | os.PathLike) -> bool:
@@ -130,12 +131,13 @@ def load_converted(source: str | os.PathLike) -> LoadedModel:
         version = int(metadata.get("format_version", ""))
         yaml, names = json.loads(metadata["yaml"]), json.loads(metadata["names"])
         train_args, task = json.loads(metadata.get("train_args") or "{}"), metadata["task"]
+        provenance = json.loads(metadata.get("taskvec") or "{}")
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path} has corrupted model metadata (yaml, names, task or train_args).") from e
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} uses converted-model format {version}; this yolo-taskvec reads up to {FORMAT_VERSION}, upgrade it.")
-    if not isinstance(yaml, dict) or not isinstance(names, dict) or not isinstance(train_args, dict):
-        raise CheckpointError(f"{path} has corrupted model metadata (yaml, names and train_args must be JSON objects).")
+    if not isinstance(yaml, dict) or not isinstance(names, dict) or not isinstance(train_args, dict) or not isinstance(provenance, dict):
+        raise CheckpointError(f"{path} has corrupted model metadata (yaml, names, train_args and taskvec must be JSON objects).")
     check_yaml_is_safe(yaml, path)
     module = _build(yaml, path, shapes)
     own = module.state_dict()
@@ -150,7 +152,7 @@ def load_converted(source: str | os.PathLike) -> LoadedModel:
     module.pt_path = str(path)
     for p in module.parameters():
         p.requires_grad_(False)
-    return LoadedModel(module, str(path), {"train_args": train_args}, path)
+    return LoadedModel(module, str(path), {"train_args": train_args, **({"taskvec": provenance} if provenance else {})}, path)
 
 
 # ----------------------------------------------------------------------------------------------- safety

@@ -31,6 +31,7 @@ TUNED = ("yolo26n-fruit-night.pt",)
 DAY = ("fruit80.yaml",)
 NIGHT = ("fruit80-night.yaml",)
 DEFAULT_SCALES = "0:1:0.1"
+DEFAULT_SELECT = "train:0.2"  # α is chosen on a seeded 20 % of the train images and reported on val
 
 
 class DemoInputError(TaskVecError):
@@ -109,51 +110,64 @@ def run_demo(
     imgsz: int = 320,
     batch: int = 16,
     device: Any = None,
+    select: Any = DEFAULT_SELECT,
     out: str | os.PathLike | None = None,
+    project: str | os.PathLike | None = None,
+    name: str | None = None,
+    exist_ok: bool = False,
     verbose: bool = True,
     echo: Callable[[str], Any] = print,
 ) -> DemoResult:
-    """Extract τ(night), sweep α on day and night data, save the merged model at the best α (see the module doc)."""
-    from .api import TaskVector, save
+    """Extract τ(night), sweep α on day and night data (chosen on ``select``, reported on val), save the merged model
+    at the chosen α (see the module doc)."""
+    from .provenance import save_model as save
+    from .vectors import TaskVector
     from .checkpoint import load_model
     from .data import dataset_name, load_data
-    from .sweep import parse_grid, prepare_out, sweep
+    from .recipe import Recipe
+    from .runs import Scoring, run_folder
+    from .sweep import grid_points, parse_grid, sweep
 
     inputs = find_inputs(base, tuned, day, night)
     day_name, night_name = dataset_name(inputs["day"]), dataset_name(inputs["night"])
     if day_name == night_name:
         raise DemoInputError(f"the day and night yamls have the same name '{day_name}'; give them different file names.")
-    parse_grid(scales)  # a bad grid fails before any work
+    grid_points(parse_grid(scales))  # a bad grid, image size or split fails before any work
+    Recipe.build(base=inputs["base"], inputs=[inputs["tuned"]], device=device, imgsz=imgsz)
+    Scoring.build([inputs["day"], inputs["night"]], select=select, imgsz=imgsz, batch=batch, device=device)
+    folder = run_folder("demo", out, project, name, exist_ok)
     b, t = load_model(inputs["base"]), load_model(inputs["tuned"])
     for key in ("day", "night"):
         load_data(inputs[key])
-    folder = prepare_out(out, "demo")
     echo(f"base  {inputs['base']}\ntuned {inputs['tuned']}\nday   {inputs['day']}\nnight {inputs['night']}\nout   {folder}\n")
 
     tv = TaskVector.from_models(b, t, name="night")
+    folder.mkdir(parents=True, exist_ok=True)
     vector = tv.save(folder / "night.safetensors")
     echo(f"τ = tuned − base: {tv!r} -> {vector}")
 
     result = sweep(
-        b,
+        inputs["base"],
         [str(vector)],
         data=[inputs["day"], inputs["night"]],
         scales=scales,
         reference={day_name: inputs["base"], night_name: inputs["tuned"]},
+        select=select,
         imgsz=imgsz,
         batch=batch,
         device=device,
         out=folder,
         verbose=verbose,
     )
-    echo(f"\nbase + α·τ at imgsz {imgsz} (norm = mAP50-95 / base's on day, / fine-tune's on night):\n{result.table()}")
+    echo(f"\nbase + α·τ at imgsz {imgsz} (norm = mAP50-95 / base's on day, / fine-tune's on night; α chosen on {result.selected_on}):\n{result.table()}")
 
     merged = save(result.best_model(), folder / "merged.pt", inputs=[inputs["base"], inputs["tuned"]])
     best = result.best
     alpha = best["scale"]
     echo(
-        f"\nbest α = {alpha:g}: {day_name} {best[f'{day_name}/map50_95']:.3f} ({best[f'{day_name}/norm']:.1%} of the base), "
+        f"\nchosen α = {alpha:g}, reported on val: {day_name} {best[f'{day_name}/map50_95']:.3f} ({best[f'{day_name}/norm']:.1%} of the base), "
         f"{night_name} {best[f'{night_name}/map50_95']:.3f} ({best[f'{night_name}/norm']:.1%} of the fine-tune)\n"
-        f"plot   {result.files.get('png')}\nmerged {merged}  (yolo val model={merged} data={inputs['night']} imgsz={imgsz})"
+        f"plot   {result.files.get('png')}\nmerged {merged}  (yolo val model={merged} data={inputs['night']} imgsz={imgsz})\n"
+        f"recipe {merged.with_name('merged.recipe.yaml')}, model card {merged.with_name('merged.md')}"
     )
     return DemoResult(folder, vector, merged, result, inputs)

@@ -158,11 +158,12 @@ def merge_union(
     ``parts``) are merged by ``method``; each task's class branch is kept exactly (see the module docs for the class
     ids and the head layout). Returns ``(module, merge report, recipe)``.
     """
-    from .merging import check_bn_policy, merge_states
+    from . import bn as bn_policy
+    from .merging import merge_states
 
     if duplicates not in DUPLICATE_RULES:
         raise TaskVecError(f"unknown duplicates rule '{duplicates}'; choose one of {', '.join(DUPLICATE_RULES)}.")
-    check_bn_policy(bn)
+    bn_policy.check_policy(bn)
     if not vectors:
         raise TaskVecError("no models to merge.")
     head = _check_detect(b)
@@ -173,7 +174,7 @@ def merge_union(
     state, report = merge_states(b.state, shared, method, weights=weights, scale=scale, params=params, bn=bn, seed=seed, layout=b.layout, orthogonalize=orthogonalize)
     module = build_module(b, state)
     if bn == "recalibrate":  # shared statistics only: the class branches below keep each task's own
-        from .bn import recalibrate
+        from .recalibration import recalibrate
 
         recalibrate(module, bn_data, batches=bn_batches, imgsz=imgsz)
     tasks = [0, *(i + 1 for i, o in enumerate(own) if o)]

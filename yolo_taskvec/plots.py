@@ -67,11 +67,15 @@ def plot_sweep(
     references: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
     reference_for: Mapping[str, str] | None = None,
     objective_label: str = "objective",
+    choice: str = "objective",
+    context: Mapping[str, Any] | None = None,
 ) -> Path:
     """Metric vs scale per dataset (+ objective), or heatmaps for two axes; plus the Pareto front for two datasets.
 
     ``references``: ``{label: {dataset: {metric: value}}}`` of the reference models (drawn as dashed lines and
-    as crosses in the Pareto panel); ``reference_for``: ``{dataset: label}``.
+    as crosses in the Pareto panel); ``reference_for``: ``{dataset: label}``. ``choice``: the column the chosen
+    point maximizes (``select_objective`` when a selection split chose it). ``context``: ``base``, ``inputs``,
+    ``imgsz`` for the title.
     """
     varying = [a for a in axes if len({r[a] for r in rows}) > 1] or list(axes[:1])
     pareto = len(datasets) == 2
@@ -81,7 +85,7 @@ def plot_sweep(
         panels = 2 + pareto
     fig, ax = _figure(1, panels, figsize=(5.2 * panels, 4.4))
     ax = list(ax[0])
-    best = max(rows, key=lambda r: r["objective"])
+    best = max(rows, key=lambda r: r[choice])
     if len(varying) == 1:
         _lines(ax[0], ax[1], rows, varying[0], datasets, metric, best, references, reference_for, objective_label)
     elif len(varying) == 2:
@@ -93,7 +97,8 @@ def plot_sweep(
     if pareto:
         _pareto(ax[-1], rows, varying, datasets, metric, references)
     where = ", ".join(f"{a}={_fmt(best[a])}" for a in varying)
-    fig.suptitle(f"best {objective_label}: {best['objective']:.4f} at {where}", fontsize=11)
+    how = "chosen on the selection split" if choice == "select_objective" else "best"
+    fig.suptitle(f"{context_title(context)}{how}: {where} — reported {objective_label} {best['objective']:.4f}", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -182,12 +187,20 @@ def _pareto(ax, rows, axes, datasets, metric, references) -> None:
     ax.legend(fontsize=8, loc="lower left")
 
 
-def plot_search(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, objective_label: str = "objective", title: str = "search", axes: Sequence[str] = ()) -> Path:
-    """Objective per trial with the best-so-far curve; the best trial starred."""
+def context_title(context: Mapping[str, Any] | None) -> str:
+    """``base + inputs, imgsz N`` as the first line of a title (empty without context)."""
+    if not context:
+        return ""
+    inputs = ", ".join(map(str, context.get("inputs", [])))
+    return f"{context.get('base', 'base')} + {inputs} ({context.get('method', '')}, imgsz {context.get('imgsz', '?')})\n"
+
+
+def plot_search(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, objective_label: str = "objective", title: str = "search", axes: Sequence[str] = (), choice: str = "objective", context: Mapping[str, Any] | None = None) -> Path:
+    """Objective per trial with the best-so-far curve; the best trial starred (``choice``: the column maximized)."""
     fig, grid = _figure()
     ax = grid[0][0]
     trials = list(range(1, len(rows) + 1))
-    values = [r["objective"] for r in rows]
+    values = [r[choice] for r in rows]
     running, best = [], -math.inf
     for v in values:
         best = max(best, v)
@@ -197,7 +210,7 @@ def plot_search(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, o
     k = max(range(len(values)), key=lambda i: values[i])
     where = f" at {point_label(rows[k], axes, short=False)}" if axes else ""
     ax.plot([k + 1], [values[k]], marker="*", ms=16, color="gold", mec="black", ls="none", label=f"best {values[k]:.4f}{where}")
-    ax.set(xlabel="trial", ylabel=objective_label, title=title)
+    ax.set(xlabel="trial", ylabel=("selection " if choice == "select_objective" else "") + objective_label, title=context_title(context) + title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -43,7 +43,8 @@ from typing import Any
 import torch
 
 from .errors import MismatchError, TaskVecError
-from .merging import DEFAULT_BN, check_bn_policy, merge_states
+from . import bn as bn_policy
+from .merging import merge_states
 from .parts import Layout
 from .taskvector import Scale, TaskVector, fingerprint, is_mergeable
 
@@ -281,24 +282,23 @@ def _as_vector(vector: Any) -> TaskVector:
     if isinstance(vector, TaskVector):
         return vector
     if isinstance(vector, (str, os.PathLike)):
-        from .api import TaskVector as ApiVector
+        from .files import load_vector
 
-        tv = ApiVector.load(vector)
+        tv = load_vector(vector, TaskVector)
         tv.meta.setdefault("name", Path(vector).stem)
         return tv
     raise TaskVecError(f"swap takes a TaskVector or a .safetensors task-vector file, got {type(vector).__name__}.")
 
 
-def swap(model: Any, vector: Any, scale: Scale = 1.0, *, bn: str = DEFAULT_BN, force: bool = False) -> dict[str, Any]:
+def swap(model: Any, vector: Any, scale: Scale = 1.0, *, bn: str = bn_policy.DEFAULT, force: bool = False) -> dict[str, Any]:
     """Apply ``scale · vector`` to a loaded ``YOLO`` in place (and to its predictor's fused copy); see the module doc.
 
     ``vector``: a TaskVector or a task-vector file (dense or compressed). ``bn``: BatchNorm policy (``merge``,
     ``geometric``, ``base``). ``force``: skip the base-fingerprint check. Returns what is swapped in.
     """
     main = _main_module(model)
-    if bn == "recalibrate":
-        raise TaskVecError("bn=recalibrate re-estimates statistics on images, which a swap does not do; recalibrate once with merge(..., bn='recalibrate') and save that model.")
-    bn = check_bn_policy(bn)
+    if bn_policy.needs_images(bn_policy.check_policy(bn)):
+        raise TaskVecError(f"bn={bn} re-estimates statistics on images, which a swap does not do; recalibrate once with merge(..., bn='{bn}') and save that model.")
     state = _state_for(main)
     if state.active is not None:
         raise TaskVecError(

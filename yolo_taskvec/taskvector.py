@@ -16,17 +16,12 @@ from typing import Any
 
 import torch
 
+from .bn import is_stat as is_bn_stat
 from .errors import MismatchError, TaskVecError
 from .parts import Layout, check_part_mapping, check_selection, matches, resolve_part_value
 
 MAX_ABS_SCALE = 10.0
-BN_STATS = (".running_mean", ".running_var")
 Scale = float | Mapping[str, float]
-
-
-def is_bn_stat(key: str) -> bool:
-    """True for BatchNorm running statistics (not learned weights)."""
-    return key.endswith(BN_STATS)
 
 
 def is_mergeable(key: str, tensor: torch.Tensor) -> bool:
