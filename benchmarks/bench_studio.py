@@ -59,7 +59,7 @@ def engine_phase(args: dict, vector_path: Path) -> dict:
 
     values = [float(v) for v in args["values"].split(",")]
     moves = int(args["moves"])
-    studio = Studio(args["base"], [vector_path], args["data"].split(","), device=args["device"], out=tempfile.mkdtemp(prefix="bench-studio-run-"))
+    studio = Studio(args["base"], [vector_path], data=args["data"].split(","), device=args["device"], out=tempfile.mkdtemp(prefix="bench-studio-run-"))
     images = studio.default_images()
     studio.view(studio.initial, images)  # predictor and base/fine-tune caches warm, as in the served studio
     rows = []
@@ -67,10 +67,10 @@ def engine_phase(args: dict, vector_path: Path) -> dict:
         parts: dict[str, list[float]] = {"total_ms": [], "merge_ms": [], "swap_ms": [], "predict_ms": []}
         reload_ms = []
         for i in range(moves + 1):
-            recipe = studio.recipe([values[i % len(values)]], method=method)
-            view = studio.view(recipe, images)
+            setting = studio.setting([values[i % len(values)]], method=method)
+            view = studio.view(setting, images)
             t0 = time.perf_counter()
-            merged = studio.merged_model(recipe)  # what a studio without hot-swapping does: merge, new model, predict
+            merged = studio.merged_model(setting)  # what a studio without hot-swapping does: merge, new model, predict
             for _, path in images:
                 merged.predict(path, imgsz=studio.imgsz, conf=studio.conf, iou=studio.iou, device=args["device"], verbose=False)
             if i == 0:
@@ -96,7 +96,7 @@ def free_port() -> int:
 def start_studio(args: dict, vector_path: Path, out: Path, log: Path) -> tuple[subprocess.Popen, str, float]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "yolo_taskvec.cli", "studio", f"base={args['base']}", f"vectors={vector_path}", f"data={args['data']}", f"out={out}", f"port={port}", f"device={args['device']}"]
+    cmd = [sys.executable, "-m", "yolo_taskvec.cli", "studio", f"base={args['base']}", f"vectors={vector_path}", "scale=0.5", f"data={args['data']}", f"out={out}", f"port={port}", f"device={args['device']}"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115 - the child owns it
     url = f"http://127.0.0.1:{port}/"
@@ -143,7 +143,7 @@ def wait_for_recipe(page, version: int, name: str, value: float, timeout_ms: int
     while True:
         page.wait_for_function(f"() => Number(document.querySelector('#studio-state')?.dataset.version || 0) > {version}", timeout=timeout_ms)
         version, view = current(page)
-        if abs(view["recipe"]["weights"][name] - value) < 1e-9:
+        if abs(view["setting"]["weights"][name] - value) < 1e-9:
             return version, view
 
 
@@ -164,7 +164,7 @@ def browser_phase(args: dict, vector_path: Path, screenshot: Path) -> dict:
                 page.wait_for_function("() => Number(document.querySelector('#studio-state')?.dataset.version || 0) > 0", timeout=120_000)
                 first_view_s = time.perf_counter() - t0
                 version, view = current(page)
-                name = next(iter(view["recipe"]["weights"]))
+                name = next(iter(view["setting"]["weights"]))
                 to_state, to_images, server = [], [], []
                 for i in range(moves + 1):
                     before, previous = merge_sources(page), view
@@ -174,7 +174,7 @@ def browser_phase(args: dict, vector_path: Path, screenshot: Path) -> dict:
                     t_state = time.perf_counter()
                     target = float(page.locator("#weight-0 input[type=number]").input_value())
                     version, view = current(page)
-                    if abs(view["recipe"]["weights"][name] - target) > 1e-9:  # an intermediate value came first
+                    if abs(view["setting"]["weights"][name] - target) > 1e-9:  # an intermediate value came first
                         version, view = wait_for_recipe(page, version, name, target)
                     if all(a["merge"] != b["merge"] for a, b in zip(view["images"], previous["images"])):
                         page.wait_for_function(SHOWN, arg=before, timeout=120_000)  # every drawing changed: wait for the new images

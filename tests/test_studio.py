@@ -86,13 +86,13 @@ def boxes_match(shown: list[dict], result, tol_px: float = 0.01, tol_conf: float
     ("args", "words"),
     [
         (["base=missing-base.pt", "vectors={night}", "data=fruit80.yaml"], "missing-base.pt"),
-        (["base=yolo26n-base80.pt", "data=fruit80.yaml"], "vectors="),
+        (["base=yolo26n-base80.pt", "data=fruit80.yaml"], "models="),
         (["base=yolo26n-base80.pt", "vectors={night}", "data=fruit80.yaml", "method=tiez"], "did you mean ties"),
         (["base=yolo26n-base80.pt", "vectors={night}", "data=fruit80.yaml", "method=slerp"], "exactly 2"),
         (["base=yolo26n-base80.pt", "vectors={night}", "data=fruit80.yaml", "bn=recalibrate"], "recalibrate"),
         (["base=yolo26n-base80.pt", "vectors={night}", "data=no-such-data.yaml"], "no-such-data.yaml"),
         (["base=yolo26n-base80.pt", "vectors={night}", "data=fruit80.yaml", "port={busy}"], "choose another port"),
-        (["base=yolo26n-base80.pt", "vectors={night}", "data=fruit80.yaml", "density=0.3"], "no parameter 'density'"),
+        (["base=yolo26n-base80.pt", "vectors={night}", "data=fruit80.yaml", "density=0.3"], "unknown recipe key 'density'"),
         (["base=yolo26n-base80.pt", "vectors={night}", "data=fruit80.yaml", "host=203.0.113.9"], "cannot serve on 203.0.113.9"),
     ],
 )
@@ -128,12 +128,12 @@ def test_several_vectors_and_another_method_are_swapped_into_the_one_loaded_mode
 
     half = tmp_path / "half.safetensors"
     (night_vector * 0.5).save(half)
-    studio = Studio(base_pt, [night_file, half], [data_yaml("fruit80-night.yaml")], out=tmp_path / "run")
+    studio = Studio(base_pt, [night_file, half], data=[data_yaml("fruit80-night.yaml")], out=tmp_path / "run")
     module = studio.model.model
     parts = {"backbone": 0.5, "neck": 0.8, "head": 1.0}
-    recipe = studio.recipe([0.7, 0.4], parts, method="ties", params={"density": 0.5})
+    setting = studio.setting([0.7, 0.4], parts, method="ties", params={"density": 0.5})
     image = studio.default_images()
-    view = studio.view(recipe, image)
+    view = studio.view(setting, image)
     assert studio.model.model is module  # hot-swapped, not reloaded
     reference = merge(base_pt, [night_file, half], "ties", weights=[0.7, 0.4], scale=parts, density=0.5)
     live, merged, base = module.state_dict(), reference.model.state_dict(), studio.base.state
@@ -148,7 +148,7 @@ def test_several_vectors_and_another_method_are_swapped_into_the_one_loaded_mode
     assert differing / total < 0.01
     result = reference.predict(image[0][1], imgsz=studio.imgsz, conf=studio.conf, verbose=False)[0]
     assert boxes_match(view.rows[0].merge.detections, result)
-    base_only = studio.view(studio.recipe([0.0, 0.0]), image)
+    base_only = studio.view(studio.setting([0.0, 0.0]), image)
     assert base_only.rows[0].merge.detections == view.rows[0].base.detections  # weights 0: the base again
     assert view.rows[0].merge.detections != view.rows[0].base.detections  # so the comparison above can fail
 
@@ -159,12 +159,12 @@ def test_score_equals_evaluate_of_the_merge_and_writes_the_sweep_plot(tmp_path, 
     from yolo_taskvec.studio import Studio
 
     coco8 = data_yaml("coco8.yaml")
-    studio = Studio(base_pt, [night_pt.name], [coco8], out=tmp_path / "run")
+    studio = Studio(base_pt, [night_pt.name], data=[coco8], out=tmp_path / "run")
     name = studio.names[0]
-    first = studio.score(studio.recipe([0.8], {"backbone": 0.5, "neck": 1, "head": 1}))
-    second = studio.score(studio.recipe([0.3]))
+    first = studio.score(studio.setting([0.8], {"backbone": 0.5, "neck": 1, "head": 1}))
+    second = studio.score(studio.setting([0.3]))
     assert set(studio.references) == {"base", name} and len(studio.rows) == 2
-    saved = studio.save(studio.recipe([0.8], {"backbone": 0.5, "neck": 1, "head": 1}))
+    saved = studio.save(studio.setting([0.8], {"backbone": 0.5, "neck": 1, "head": 1}))
     assert saved == tmp_path / "run" / "merged.pt"
     expected = evaluate({"saved": saved, "base": base_pt}, [coco8], imgsz=studio.imgsz, progress=False)
     assert first["coco8/map50_95"] == expected.get("saved", "coco8") and first["coco8/map50"] == expected.get("saved", "coco8", "map50")
@@ -172,10 +172,10 @@ def test_score_equals_evaluate_of_the_merge_and_writes_the_sweep_plot(tmp_path, 
     assert second["backbone"] == 1.0 and second[name] == 0.3
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"studio.png", "studio.json", "studio.csv", "merged.pt"} <= files
-    assert studio.save(studio.recipe([0.3])) == tmp_path / "run" / "merged2.pt"  # never over an earlier save
+    assert studio.save(studio.setting([0.3])) == tmp_path / "run" / "merged2.pt"  # never over an earlier save
     before = night_pt.stat().st_mtime_ns
     with pytest.raises(OutputError, match="also an input"):
-        studio.save(studio.recipe([0.3]), night_pt)
+        studio.save(studio.setting([0.3]), night_pt)
     assert night_pt.stat().st_mtime_ns == before
 
 
@@ -225,7 +225,7 @@ def test_studio_page_in_headless_chromium(tmp_path, night_file, base_pt):
     out = tmp_path / "run"
     watched = (night_file, WEIGHTS / "yolo26n-base80.pt", *(DATASETS / Path(d).stem for d in DATA))
     inputs_before = snapshot(*watched)
-    args = ["base=yolo26n-base80.pt", f"vectors={night_file}", f"data={','.join(DATA)}", f"out={out}"]  # bare names: weights_dir, datasets_dir
+    args = ["base=yolo26n-base80.pt", f"vectors={night_file}", "scale=0.5", f"data={','.join(DATA)}", f"out={out}"]  # bare names: weights_dir, datasets_dir
     with studio_server(args, tmp_path / "studio.log") as (url, port), sync_playwright() as pw:
         with socket.socket() as s:  # bound to 127.0.0.1 only: another loopback address is refused
             assert s.connect_ex(("127.0.0.2", port)) != 0
@@ -235,8 +235,8 @@ def test_studio_page_in_headless_chromium(tmp_path, night_file, base_pt):
         page.on("request", lambda r: requests.append(r.url))
         page.goto(url)
         version, before = read_view(page, 0)
-        name = next(iter(before["recipe"]["weights"]))
-        assert before["recipe"]["weights"][name] == 0.5
+        name = next(iter(before["setting"]["weights"]))
+        assert before["setting"]["weights"][name] == 0.5
 
         # move the slider: a click at 2/3 of the track of [-1, 2] (about 1.0)
         track = page.locator("#weight-0 input[type=range]").bounding_box()
@@ -245,7 +245,7 @@ def test_studio_page_in_headless_chromium(tmp_path, night_file, base_pt):
         alpha = float(page.locator("#weight-0 input[type=number]").input_value())
         while True:  # the redraw for the slider's final value (an earlier one may arrive first)
             version, after = read_view(page, version)
-            if after["recipe"]["weights"][name] == alpha:
+            if after["setting"]["weights"][name] == alpha:
                 break
         page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
         assert 0.8 <= alpha <= 1.2
@@ -269,7 +269,7 @@ def test_studio_page_in_headless_chromium(tmp_path, night_file, base_pt):
         loaded = YOLO(saved)
         shown = {k: v.half() for k, v in model.model.state_dict().items() if v.is_floating_point()}
         assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in shown.items())
-        assert loaded.ckpt["taskvec"]["method"] == "task_arithmetic" and loaded.predict(after["images"][1]["path"], imgsz=settings["imgsz"], verbose=False)
+        assert loaded.ckpt["taskvec"]["recipe"]["scale"] == alpha and saved.with_suffix(".recipe.yaml").exists() and "by eye" in saved.with_suffix(".md").read_text() and loaded.predict(after["images"][1]["path"], imgsz=settings["imgsz"], verbose=False)
 
         # another method (the general path: merge_states − base swapped in): its parameter shows, the merge follows
         assert not page.locator("#param-ties-density").is_visible()
@@ -277,10 +277,10 @@ def test_studio_page_in_headless_chromium(tmp_path, night_file, base_pt):
         page.click('#method li[role=option][aria-label="ties"]')
         while True:
             version, ties = read_view(page, version)
-            if ties["recipe"]["method"] == "ties":
+            if ties["setting"]["method"] == "ties":
                 break
         page.locator("#param-ties-density").wait_for(state="visible")  # its own event: it may come after the redraw
-        assert ties["recipe"]["params"] == {"density": 0.2}
+        assert ties["setting"]["params"] == {"density": 0.2}
         merged = merge(base_pt, [night_file], "ties", weights=[alpha], scale={"backbone": 1, "neck": 1, "head": 1}, density=0.2)
         for row in ties["images"]:
             assert boxes_match(row["merge"], merged.predict(row["path"], imgsz=settings["imgsz"], conf=settings["conf"], iou=settings["iou"], verbose=False)[0])

@@ -602,15 +602,18 @@ def run_coco_export(args: dict[str, Any]) -> None:
     print(f"saved {out}: {len(coco['images'])} images, {len(coco['annotations'])} annotations, {len(coco['categories'])} categories")
 
 
-@mode("studio", ("base", "vectors", "models", "data", "method", "bn", "seed", "imgsz", "batch", "device", "out", "host", "port", "force"), "an interactive merge studio in the browser: a slider per vector, live predictions, score, save (pip install 'yolo-taskvec[studio]')", extra=True)
+@mode("studio", ("cfg", "base", "models", "vectors", "weights", "method", "scale", "parts", "bn", "classes", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force", "trust", "data", "batch", "out", "project", "name", "exist_ok", "host", "port"),
+      "an interactive merge studio in the browser: a slider per input, live predictions, score, save (pip install 'yolo-taskvec[studio]')", extra=True)
 def run_studio(args: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+    from .recipe import parse_int
     from .studio import launch
 
-    items = [*(get(args, "vectors") or []), *(get(args, "models") or [])]
-    if not items:
-        raise UsageError("studio needs vectors= (task-vector files) or models= (fine-tuned checkpoints), or both.")
-    options = {k: get(args, k) for k in ("method", "bn", "seed", "imgsz", "batch", "device", "out", "force")}
-    launch(get(args, "base", True), items, get(args, "data", True), host=get(args, "host"), port=get(args, "port"), params=_method_params(extra or {}), **options)
+    recipe, sections = _recipe(args, extra, inputs_key="models")
+    scoring = _scoring(args, sections)
+    data = scoring["data"].split(",") if isinstance(scoring["data"], str) else list(scoring["data"])
+    run = {k: args[k] for k in ("out", "project", "name", "exist_ok") if k in args}
+    with _trust(args):
+        launch(recipe, data=[d.strip() for d in data if d.strip()], batch=parse_int(scoring.get("batch", 16), "batch", 1), host=get(args, "host"), port=get(args, "port"), **run)
 
 
 @mode("help", (), "show this help")

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import TaskVecError
 from ..methods import get_method
-from .session import LIVE_BN, Recipe, Studio, StudioError
+from .session import LIVE_BN, Setting, Studio, StudioError
 
 HOST = "127.0.0.1"
 WEIGHT_RANGE = (-1.0, 2.0)
@@ -131,7 +131,7 @@ class Page:
             return [gr.Image(label=label, interactive=False, height=260, format="jpeg", elem_id=f"cell-{row}-{i}", elem_classes=["panel"], buttons=["fullscreen"]) for label, i in zip(labels, ids)]
 
     @property
-    def recipe_inputs(self) -> list[Any]:
+    def setting_inputs(self) -> list[Any]:
         return [*self.weights, *self.parts, self.method, *(c for _, _, c in self.param_inputs), self.seed, self.orthogonalize, self.bn]
 
     @property
@@ -141,10 +141,10 @@ class Page:
     def _wire(self, gr: Any, blocks: Any) -> None:
         every_cell = [c for row in self.cells for c in row]
         merge_cells = [row[-1] for row in self.cells]
-        inputs = [*self.recipe_inputs, *self.image_inputs]
+        inputs = [*self.setting_inputs, *self.image_inputs]
         common = {"concurrency_id": "model", "concurrency_limit": 1, "trigger_mode": "always_last", "show_progress": "hidden"}
-        for comp in self.recipe_inputs:
-            comp.change(self.on_recipe, inputs, [*merge_cells, self.state, self.status], **common)
+        for comp in self.setting_inputs:
+            comp.change(self.on_setting, inputs, [*merge_cells, self.state, self.status], **common)
         for comp in self.image_inputs:
             comp.change(self.on_images, inputs, [*every_cell, self.state, self.status], **common)
         self.method.change(self.on_method, [self.method], [c for _, _, c in self.param_inputs] + [self.seed], show_progress="hidden")
@@ -153,9 +153,9 @@ class Page:
         blocks.load(self.on_images, inputs, [*every_cell, self.state, self.status], concurrency_id="model", concurrency_limit=1, show_progress="hidden")
 
     # ------------------------------------------------------------------ handlers
-    def _read(self, values: Sequence[Any]) -> tuple[Recipe, float, list[tuple[str, str] | None]]:
-        """Recipe, threshold and one ``(key, path)`` slot per image row (None: nothing chosen), from the inputs'
-        values in ``recipe_inputs + image_inputs`` order."""
+    def _read(self, values: Sequence[Any]) -> tuple[Setting, float, list[tuple[str, str] | None]]:
+        """Setting, threshold and one ``(key, path)`` slot per image row (None: nothing chosen), from the inputs'
+        values in ``setting_inputs + image_inputs`` order."""
         s = self.studio
         values = list(values)
 
@@ -167,16 +167,16 @@ class Page:
         params = {p: v for (m, p, _), v in zip(self.param_inputs, take(len(self.param_inputs))) if m == method}
         seed, orthogonalize, bn, conf = take(4)
         names, upload = take(len(self.choices)), values.pop(0)
-        recipe = s.recipe(weights, parts, method, params, bn, int(seed or 0), bool(orthogonalize))
+        setting = s.setting(weights, parts, method, params, bn, int(seed or 0), bool(orthogonalize))
         slots: list[tuple[str, str] | None] = [(f"{ds}/{name}", s.image_path(ds, name)) if name else None for ds, name in zip(s.images, names)]
         slots.append((f"upload/{Path(upload).name}", str(upload)) if upload else None)
-        return recipe, float(conf), slots
+        return setting, float(conf), slots
 
     def _render(self, values: Sequence[Any], full: bool) -> list[Any]:
         gr = require_gradio()
         try:
-            recipe, conf, slots = self._read(values)
-            view = self.studio.view(recipe, [slot for slot in slots if slot is not None], conf)
+            setting, conf, slots = self._read(values)
+            view = self.studio.view(setting, [slot for slot in slots if slot is not None], conf)
         except TaskVecError as e:
             n = sum(len(r) for r in self.cells) if full else len(self.cells)
             return [gr.skip()] * (n + 1) + [f"⚠️ {e}"]
@@ -187,10 +187,10 @@ class Page:
             panels = [row.base, *(row.finetunes[n] for n in self.studio.names), row.merge] if row else [None] * (len(self.studio.names) + 2)
             out += [p.image if p is not None else None for p in (panels if full else panels[-1:])]
         t = view.timings
-        status = f"{recipe.describe()} · redraw {t['total_ms']:.0f} ms (merge {t['merge_ms']:.0f}, swap {t['swap_ms']:.0f}, predict {t['predict_ms']:.0f})"
+        status = f"{setting.describe()} · redraw {t['total_ms']:.0f} ms (merge {t['merge_ms']:.0f}, swap {t['swap_ms']:.0f}, predict {t['predict_ms']:.0f})"
         return [*out, self._state_html(view), status]
 
-    def on_recipe(self, *values: Any) -> list[Any]:
+    def on_setting(self, *values: Any) -> list[Any]:
         return self._render(values, full=False)
 
     def on_images(self, *values: Any) -> list[Any]:
@@ -204,26 +204,26 @@ class Page:
     def on_score(self, *values: Any) -> list[Any]:
         gr = require_gradio()
         try:
-            recipe, _, _ = self._read(values)
-            row = self.studio.score(recipe)
+            setting, _, _ = self._read(values)
+            row = self.studio.score(setting)
         except TaskVecError as e:
             return [gr.skip(), gr.skip(), f"⚠️ {e}"]
         from PIL import Image
 
         path = self.studio.out / "studio.png"
-        status = f"scored {recipe.describe()}: objective {row['objective']:.4f} ({row['seconds']:.1f} s) · {path}"
+        status = f"scored {setting.describe()}: objective {row['objective']:.4f} ({row['seconds']:.1f} s) · {path}"
         with Image.open(path) as plot:  # the pixels, not the path: the run folder need not be one Gradio may serve
             return [plot.convert("RGB"), self._table_markdown(), status]
 
     def on_save(self, *values: Any) -> list[Any]:
         gr = require_gradio()
         try:
-            recipe, _, _ = self._read(values)
-            path = self.studio.save(recipe)
+            setting, _, _ = self._read(values)
+            path = self.studio.save(setting)
         except TaskVecError as e:
             return [gr.skip(), f"⚠️ {e}"]
         text = html.escape(str(path))
-        return [f'<div id="saved-path" data-path="{text}">saved <code>{text}</code></div>', f"saved {path} ({recipe.describe()})"]
+        return [f'<div id="saved-path" data-path="{text}">saved <code>{text}</code></div>', f"saved {path} ({setting.describe()}), with {path.stem}.recipe.yaml and {path.stem}.md"]
 
     # ------------------------------------------------------------------ text
     def _state_html(self, view: Any) -> str:
@@ -270,9 +270,11 @@ def serve(studio: Studio, *, host: str = HOST, port: int | None = None, block: b
     return blocks, url
 
 
-def launch(base: Any, vectors: Sequence[Any], data: Sequence[str], *, host: str = HOST, port: int | None = None, block: bool = True, quiet: bool = False, **studio_kwargs: Any) -> tuple[Any, str]:
-    """Check everything (Gradio installed, address free, inputs), load, then serve (see ``serve``)."""
+def launch(recipe: Any, inputs: Any = None, *, data: Sequence[str], host: str = HOST, port: int | None = None, block: bool = True, quiet: bool = False, **studio_kwargs: Any) -> tuple[Any, str]:
+    """Check everything (Gradio installed, address free, recipe and inputs), load, then serve (see ``serve``).
+
+    ``recipe``: a ``Recipe`` or a base (then ``inputs`` and recipe fields, as ``Studio`` takes them)."""
     require_gradio()
     check_address(host, port)
-    studio = Studio(base, vectors, data, **studio_kwargs)
+    studio = Studio(recipe, inputs, data=data, **studio_kwargs)
     return serve(studio, host=host, port=port, block=block, quiet=quiet)
