@@ -109,7 +109,7 @@ class Page:
                         self.upload = gr.Image(type="filepath", sources=["upload"], label="upload an image", height=200, elem_id="upload")
                         self.cells.append(self._cell_row(gr, "upload"))
                     self.state = gr.HTML(self._state_html(None), elem_id="studio-state-box")
-                    gr.Markdown("**scores** · *score* validates the current merge on the datasets' val splits; the plot is the sweep's, with the base and each fine-tune as references")
+                    gr.Markdown("**scores** · *score* validates the current merge on the datasets' val splits (a scale picked by these numbers is picked on the data they report: the saved model card says so); the plot is the sweep's, with the base and each fine-tune as references")
                     self.plot = gr.Image(show_label=False, interactive=False, format="png", elem_id="plot", buttons=["fullscreen"])
                     self.table = gr.Markdown("", elem_id="score-table")
             self._wire(gr, blocks)
