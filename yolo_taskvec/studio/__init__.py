@@ -1,14 +1,15 @@
 """``yolo-taskvec studio``: an interactive merge studio in the browser (``pip install "yolo-taskvec[studio]"``).
 
-``session.Studio`` is the engine (one hot-swapped YOLO, predictions, scoring, saving; no web framework);
+``session.Studio`` is the engine (a recipe prepared once, one hot-swapped YOLO, predictions, scoring, saving; no
+web framework);
 ``app`` builds the Gradio page over it and serves it on 127.0.0.1 by default.
 """
 
 from __future__ import annotations
 
-from .session import Recipe, Studio, StudioError
+from .session import Setting, Studio, StudioError
 
-__all__ = ["Recipe", "Studio", "StudioError", "launch"]
+__all__ = ["Setting", "Studio", "StudioError", "launch"]
 
 
 def launch(*args, **kwargs):
