@@ -149,6 +149,8 @@ ARGS: dict[str, Arg] = {
     "day": Arg(None, _str, "demo: day dataset yaml (default fruit80.yaml from datasets_dir)"),
     "night": Arg(None, _str, "demo: night dataset yaml (default fruit80-night.yaml from datasets_dir)"),
     "coco": Arg(False, _bool, "also score with pycocotools (COCO AP, AP50, AP75, APs/m/l)"),
+    "host": Arg("127.0.0.1", _str, "studio: address to serve on; 127.0.0.1 is this machine only"),
+    "port": Arg(None, _int, "studio: port to serve on (default: the first free one from 7860)"),
 }
 
 # keys shared with `yolo` that mean something else here (README: "Keys and yolo")
@@ -598,6 +600,20 @@ def run_coco_export(args: dict[str, Any]) -> None:
     _check_out(out, args, data)
     coco = export_coco(data[0], get(args, "split"), out)
     print(f"saved {out}: {len(coco['images'])} images, {len(coco['annotations'])} annotations, {len(coco['categories'])} categories")
+
+
+@mode("studio", ("cfg", "base", "models", "vectors", "weights", "method", "scale", "parts", "bn", "classes", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force", "trust", "data", "batch", "out", "project", "name", "exist_ok", "host", "port"),
+      "an interactive merge studio in the browser: a slider per input, live predictions, score, save (pip install 'yolo-taskvec[studio]')", extra=True)
+def run_studio(args: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+    from .recipe import parse_int
+    from .studio import launch
+
+    recipe, sections = _recipe(args, extra, inputs_key="models")
+    scoring = _scoring(args, sections)
+    data = scoring["data"].split(",") if isinstance(scoring["data"], str) else list(scoring["data"])
+    run = {k: args[k] for k in ("out", "project", "name", "exist_ok") if k in args}
+    with _trust(args):
+        launch(recipe, data=[d.strip() for d in data if d.strip()], batch=parse_int(scoring.get("batch", 16), "batch", 1), host=get(args, "host"), port=get(args, "port"), **run)
 
 
 @mode("help", (), "show this help")
