@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import bn as bn_policy
-from ..api import save
+from ..provenance import save_model as save
 from ..atomic import check_output, write_text_atomic
 from ..build import Prepared, build_merged, prepare
 from ..checkpoint import input_file, resolve_weights, to_yolo
