@@ -100,8 +100,9 @@ def _band(ax: Any, xs: Sequence[float], rows: Sequence[Mapping[str, Any]], colum
 
 
 def place_labels(ax: Any, items: Sequence[tuple[tuple[float, float], str, Mapping[str, Any]]], avoid: Sequence[tuple[float, float]] = (), pad_px: float = 5.0) -> list[Any]:
-    """Annotate each ``(xy, text, style)`` at the first of eight offsets where the label overlaps no other label,
-    no point in ``avoid`` (nor its own) and stays inside the axes; the least crowded offset when none is free.
+    """Annotate each ``(xy, text, style)`` at the nearest of 24 offsets (8 directions, 3 distances) where the label
+    overlaps no other label, no point in ``avoid`` (nor its own) and stays inside the axes; the least crowded offset
+    when none is free.
 
     Call it after the axes' limits and the figure's layout are final (positions are measured in pixels).
     """
@@ -110,7 +111,8 @@ def place_labels(ax: Any, items: Sequence[tuple[tuple[float, float], str, Mappin
     renderer = fig.canvas.get_renderer()
     box = ax.get_window_extent(renderer)
     marks = [ax.transData.transform(p) for p in [*avoid, *(xy for xy, _, _ in items)]]
-    offsets = [(5, 4, "left", "bottom"), (5, -4, "left", "top"), (-5, 4, "right", "bottom"), (-5, -4, "right", "top"), (0, 8, "center", "bottom"), (0, -8, "center", "top"), (9, 0, "left", "center"), (-9, 0, "right", "center")]
+    near = [(5, 4, "left", "bottom"), (5, -4, "left", "top"), (-5, 4, "right", "bottom"), (-5, -4, "right", "top"), (0, 8, "center", "bottom"), (0, -8, "center", "top"), (9, 0, "left", "center"), (-9, 0, "right", "center")]
+    offsets = [(dx * k, dy * k, ha, va) for k in (1, 2.2, 3.5) for dx, dy, ha, va in near]  # nearest first
     placed: list[Any] = []
     done = []
     for xy, text, style in items:
