@@ -38,6 +38,7 @@ import os
 import random
 import shutil
 import sys
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -305,13 +306,13 @@ def plot(runs: dict[str, Any], path: Path) -> None:
             m = run["models"][label]
             v = m["scores"][ds].get(key)
             if v is None:
-                ax.text(i, 0, "no masks", ha="center", va="bottom", fontsize=8, color="0.4", rotation=90)
+                ax.text(i, 0.002, "no mask\nhead", ha="center", va="bottom", fontsize=7, color="0.4")
                 continue
             ci = m.get("intervals", {}).get(ds, {}).get(key)
             err = [[v - ci["low"]], [ci["high"] - v]] if ci else None
             ax.bar(i, v, 0.7, color=PALETTE[i % len(PALETTE)], yerr=err, capsize=4, label=label)
             ax.text(i, (ci["high"] if ci else v), f"{v:.3f}", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(labels)), [x.replace(" ", "\n", 1) for x in labels], fontsize=8)
+        ax.set_xticks(range(len(labels)), [textwrap.fill(x, 12) for x in labels], fontsize=8)
         ax.set(title=f"{ds}: {'mask' if key.startswith('mask') else 'box'} mAP50-95", ylabel="mAP50-95 (whiskers: 95 % bootstrap interval)" if ax is axes[0] else "")
         ax.set_ylim(0, max(0.05, ax.get_ylim()[1] * 1.12))
         ax.grid(axis="y", alpha=0.3)
