@@ -20,6 +20,7 @@ Ultralytics' NMS time limit lifted (``common.no_nms_time_limit``), so the scores
 
     python benchmarks/bench_compress.py                    # full run (CPU: about 30-60 minutes)
     python benchmarks/bench_compress.py quick=true         # a few options, two scales: a smoke test
+    python benchmarks/bench_compress.py --replot           # redraw .md/.png from the committed .json
 
 Writes ``benchmarks/results/compress.{md,json,png}`` (the JSON keeps one run per device kind).
 """
@@ -31,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATASETS, RESULTS, as_bool, as_floats, device_kind, environment, environment_markdown, load_average, no_nms_time_limit, parse_args, save_figure, write_outputs
+from common import DATASETS, PALETTE, RESULTS, as_bool, as_floats, device_kind, environment, environment_markdown, figure_title, load_average, no_nms_time_limit, parse_args, render_outputs, save_figure, write_outputs
 
 DEFAULTS = {
     "base": "yolo26n-base80.pt",
@@ -43,6 +44,7 @@ DEFAULTS = {
     "device": "cpu",
     "quick": "false",
     "out": str(RESULTS),
+    "render": "false",  # true (or --replot): rebuild the .md/.png from the stored .json, measure nothing
 }
 SHARED_PARTS = ["backbone", "neck", "head.box"]
 OWN = "own"  # calib= placeholder: the task's own train split (the fine-tune's training images), with the base
@@ -258,42 +260,60 @@ def markdown_run(kind: str, res: dict) -> list[str]:
 
 
 def plot(runs: dict, path: Path) -> None:
-    import matplotlib.pyplot as plt
+    """Two panels sharing one row per option (sorted by size): share of the gain kept, and file size, per vector."""
+    from matplotlib.figure import Figure
 
     res = runs.get("cpu") or next(iter(runs.values()))  # the scores do not depend on the device
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    markers = "osD^v"
-    floor = -20.0  # options that lose more than the whole gain are drawn on this line (hollow markers)
-    for i, (name, t) in enumerate(res["tasks"].items()):
-        rows = sorted(t["rows"], key=lambda r: r["bytes"])
-        xs = [100 * r["size_vs_checkpoint"] for r in rows]
-        ys = [max(100 * r["gain_kept"], floor) for r in rows]
-        marker = markers[i % len(markers)]
-        shown = ax.scatter([x for x, r in zip(xs, rows) if 100 * r["gain_kept"] >= floor], [y for y, r in zip(ys, rows) if 100 * r["gain_kept"] >= floor], marker=marker, label=name, alpha=0.8)
-        clipped = [(x, y) for x, y, r in zip(xs, ys, rows) if 100 * r["gain_kept"] < floor]
-        if clipped:
-            ax.scatter(*zip(*clipped), marker=marker, facecolors="none", edgecolors=shown.get_facecolor(), alpha=0.8)
-        if name == "fruit-night":
-            for x, y, r in zip(xs, ys, rows):
-                ax.annotate(r["option"], (x, y), fontsize=6, alpha=0.7, xytext=(3, 2), textcoords="offset points")
-    ax.axhline(floor, color="gray", lw=0.5)
-    ax.text(0.01, 0.02, f"hollow: below {floor:.0f} % (drawn at {floor:.0f} %)", transform=ax.transAxes, fontsize=7, color="gray")
-    ax.axhline(99, color="g", ls="--", lw=0.8, label="99 % of the gain")
-    ax.axhline(95, color="orange", ls="--", lw=0.8, label="95 % of the gain")
-    ax.axvline(10, color="r", ls=":", lw=0.8, label="10 % of the checkpoint")
-    ax.set_xscale("log")
-    ax.set_xlabel("file size, % of the fp16 base checkpoint (log)")
-    ax.set_ylabel("mAP50-95 gain kept, % (best scale)")
-    ax.set_ylim(floor - 5, 110)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Compact task vectors (yolo26n, imgsz 320, CPU)")
-    fig.tight_layout()
+    tasks = list(res["tasks"])
+    first = res["tasks"][tasks[0]]["rows"]
+    options = [r["option"] for r in sorted(first, key=lambda r: r["bytes"], reverse=True)]  # largest on top
+    y = {o: i for i, o in enumerate(options)}
+    fig = Figure(figsize=(12, 0.27 * len(options) + 2.6))
+    gain_ax, size_ax = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1.5, 1]})
+    markers = "osD^v<>"
+    lo, hi = -75.0, 112.0  # gain axis; points beyond are drawn at the edge with their value written
+    clipped: dict[str, list[tuple[float, str]]] = {o: [] for o in options}
+    for i, name in enumerate(tasks):
+        color, marker, dy = PALETTE[i % len(PALETTE)], markers[i % len(markers)], (i - (len(tasks) - 1) / 2) * 0.17
+        rows = {r["option"]: r for r in res["tasks"][name]["rows"]}
+        pts = [(100 * rows[o]["gain_kept"], y[o] + dy, o) for o in options if o in rows]
+        inside = [(g, yy) for g, yy, _ in pts if lo <= g <= hi]
+        gain_ax.scatter([g for g, _ in inside], [yy for _, yy in inside], color=color, marker=marker, s=26, zorder=3, label=name)
+        for g, yy, o in pts:
+            if not lo <= g <= hi:
+                gain_ax.scatter([lo if g < lo else hi], [yy], facecolors="none", edgecolors=color, marker=marker, s=26, zorder=3)
+                clipped[o].append((g, color))
+        size_ax.scatter([100 * rows[o]["size_vs_checkpoint"] for o in options if o in rows], [y[o] + dy for o in options if o in rows], color=color, marker=marker, s=26, zorder=3, label=name)
+    for o, values in clipped.items():  # values beyond the axis, written side by side in their task's colour
+        for j, (g, color) in enumerate(sorted(values)):
+            edge = lo if g < lo else hi
+            gain_ax.annotate(f"{g:.0f} %", (edge, y[o]), xytext=(7 + 27 * j, 0) if g < lo else (-7 - 27 * j, 0), textcoords="offset points", ha="left" if g < lo else "right", va="center", fontsize=6.5, color=color)
+    gain_ax.axvspan(99, hi, color=PALETTE[2], alpha=0.10, lw=0, label="≥ 99 % of the gain (goal)")
+    gain_ax.axvline(95, color=PALETTE[5], ls="--", lw=1, label="95 % of the gain")
+    gain_ax.axvline(0, color="0.4", lw=0.8, label="0 % = the base alone")
+    gain_ax.set(xlim=(lo, hi), xlabel="share of the mAP50-95 gain kept, % (each option at its best scale)", ylim=(len(options) - 0.5, -0.5))
+    gain_ax.set_yticks(range(len(options)), options, fontsize=8)
+    size_ax.axvspan(1, 10, color=PALETTE[2], alpha=0.10, lw=0, label="≤ 10 % of the checkpoint (goal)")
+    size_ax.set_xscale("log")
+    size_ax.set(xlim=(3, 250), xlabel="file size, % of the fp16 base checkpoint (log)")
+    for ax in (gain_ax, size_ax):
+        ax.grid(axis="x", alpha=0.3)
+        for k in range(len(options)):
+            ax.axhline(k + 0.5, color="0.9", lw=0.6, zorder=0)
+    handles, labels = gain_ax.get_legend_handles_labels()
+    h2, l2 = size_ax.get_legend_handles_labels()
+    fig.legend(handles + h2[-1:], labels + l2[-1:], loc="lower center", ncol=4, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    figure_title(fig, "Compact task vectors: share of the mAP gain kept vs file size, per compression option",
+                 res, f"yolo26n, imgsz {res['args']['imgsz']}; τ(fruit-night) on fruit80 + fruit80-night val, union vectors on their own val")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     save_figure(fig, path, dpi=130)
 
 
 def main() -> None:
-    args = parse_args(sys.argv[1:], DEFAULTS)
+    args = parse_args(sys.argv[1:], DEFAULTS, "bench_compress.py")
+    if as_bool(args["render"]):
+        render_outputs("compress_quick" if as_bool(args["quick"]) else "compress", Path(args["out"]), markdown=markdown, plot=plot)
+        return
     res = run(args)
     write_outputs("compress_quick" if as_bool(args["quick"]) else "compress", res, args["out"], kind=device_kind(args["device"]), markdown=markdown, plot=plot)
 

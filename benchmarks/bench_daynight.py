@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common import DATASETS, RESULTS, as_bool, as_floats, device_kind, environment, environment_markdown, load_average, no_nms_time_limit, parse_args, render_outputs, save_figure, write_outputs
+from common import DATASETS, PALETTE, RESULTS, as_bool, as_floats, device_kind, environment, environment_markdown, figure_title, legend_below, load_average, no_nms_time_limit, parse_args, render_outputs, save_figure, write_outputs
 
 DEFAULTS = {
     "base": "yolo26n-base80.pt",
@@ -447,6 +447,9 @@ def search_section(searches: list[dict], day: str, night: str) -> list[str]:
 
 
 def plot(runs: dict, path: Path) -> None:
+    """Per BN policy: normalized mean vs α for every distinct method; then task arithmetic per dataset, and day vs
+    night for every grid point and search trial with the Pareto front and the goal region."""
+    import matplotlib
     from matplotlib.figure import Figure
 
     from yolo_taskvec.plots import pareto_front
@@ -455,54 +458,60 @@ def plot(runs: dict, path: Path) -> None:
     grid, twins = distinct(r["grid"])
     day, night = r["settings"]["data"]
     policies = list(dict.fromkeys(row["bn"] for row in grid))
-    methods = list(dict.fromkeys(row["method"] for row in grid))
+    methods = sorted(dict.fromkeys(row["method"] for row in grid), key=lambda m: (m != "task_arithmetic", m))
     cols = 2
     prow = (len(policies) + 1) // 2
-    fig = Figure(figsize=(15, 5.2 * (prow + 1)))
+    fig = Figure(figsize=(14, 4.6 * (prow + 1) + 1.6))
     axes = fig.subplots(prow + 1, cols, squeeze=False)
-    cmap = __import__("matplotlib").colormaps["tab20"]
-    styles = {m: dict(color=cmap(i % 20), marker="os^vD<>ph*XP8"[i % 13], linestyle="-" if i < 10 else "--") for i, m in enumerate(methods)}
-    styles["task_arithmetic"].update(color="black", linewidth=2.4, marker="o")
+    colors = [c for c in PALETTE if c not in ("#000000", "#F0E442")] + ["#7F3C8D", "#999933"]  # no yellow lines on white
+    markers = "os^vD<>phP"
+    styles = {m: dict(color=colors[(i - 1) % len(colors)], marker=markers[i % len(markers)], linewidth=1.3, markersize=5) for i, m in enumerate(methods)}
+    if "task_arithmetic" in styles:
+        styles["task_arithmetic"].update(color="black", linewidth=2.4, marker="o", markersize=6)
     lo = min(0.5, min(row["mean"] for row in grid))
     for k, bn in enumerate(policies):
         ax = axes[k // cols][k % cols]
         for m in methods:
             pts = sorted((row["alpha"], row["mean"]) for row in grid if row["method"] == m and row["bn"] == bn)
             if pts:
-                ax.plot(*zip(*pts), label=method_label(m, twins), markersize=5, **{"linewidth": 1.3, **styles[m]})
-        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
-        ax.axhline(GOAL, color="green", linewidth=0.8, linestyle=":")
-        ax.set(title=f"bn={bn}", xlabel="α (slerp: t)", ylabel="normalized mean mAP50-95", ylim=(lo, 1.02), xlim=(-0.02, 1.02))
+                ax.plot(*zip(*pts), label=method_label(m, twins), **styles[m])
+        ax.axhline(1.0, color="0.4", linewidth=0.9, linestyle="--", label="1.0 = each reference on its own data")
+        ax.axhline(GOAL, color=PALETTE[2], linewidth=1.2, linestyle=":", label=f"goal {GOAL}")
+        ax.set(title=f"bn={bn}", xlabel="α (slerp: t)", ylabel="normalized mean mAP50-95", ylim=(lo, 1.04), xlim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
     for k in range(len(policies), prow * cols):
         axes[k // cols][k % cols].axis("off")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.975))
+    fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 1 - 0.95 / fig.get_figheight()))
     left, right = axes[prow]
-    for bn in policies:
+    for i, bn in enumerate(policies):
         pts = sorted((row["alpha"], row["day_norm"], row["night_norm"]) for row in grid if row["method"] == "task_arithmetic" and row["bn"] == bn)
         if pts:
             a, d, n = zip(*pts)
-            line = left.plot(a, d, "o-", label=f"{day}, bn={bn}")[0]
-            left.plot(a, n, "s--", color=line.get_color(), label=f"{night}, bn={bn}")
-    left.axhline(GOAL, color="green", linewidth=0.8, linestyle=":")
-    left.set(title="task arithmetic: each dataset (day solid, night dashed)", xlabel="α", ylabel="normalized mAP50-95 (day / base, night / specialist)")
+            left.plot(a, d, "o-", color=PALETTE[i % len(PALETTE)], label=f"{day} (day), bn={bn}")
+            left.plot(a, n, "s--", color=PALETTE[i % len(PALETTE)], label=f"{night} (night), bn={bn}")
+    left.axhline(1.0, color="0.4", linewidth=0.9, linestyle="--", label="1.0 = base80 by day, the specialist at night")
+    left.axhline(GOAL, color=PALETTE[2], linewidth=1.2, linestyle=":", label=f"goal {GOAL}")
+    left.set(title="task arithmetic, each dataset (day solid, night dashed)", xlabel="α", ylabel="normalized mAP50-95")
     left.grid(alpha=0.3)
-    left.legend(fontsize=8, ncol=2)
-    xs = [row["day_norm"] for row in grid] + [row["day_norm"] for e in r["searches"] for row in e["rows"]]
-    ys = [row["night_norm"] for row in grid] + [row["night_norm"] for e in r["searches"] for row in e["rows"]]
-    right.scatter([row["day_norm"] for row in grid], [row["night_norm"] for row in grid], s=12, color="tab:blue", alpha=0.5, label="grid points (all methods, BN policies, α)")
+    legend_below(left, ncol=2)
     search_rows = [row for e in r["searches"] for row in e["rows"]]
+    xs = [row["day_norm"] for row in grid + search_rows]
+    ys = [row["night_norm"] for row in grid + search_rows]
+    right.scatter([row["day_norm"] for row in grid], [row["night_norm"] for row in grid], s=12, color=PALETTE[0], alpha=0.5, label="grid points (every method, BN policy, α)")
     if search_rows:
-        right.scatter([row["day_norm"] for row in search_rows], [row["night_norm"] for row in search_rows], s=14, color="tab:orange", alpha=0.6, label="per-part search trials")
+        right.scatter([row["day_norm"] for row in search_rows], [row["night_norm"] for row in search_rows], s=14, color=PALETTE[5], alpha=0.7, label="per-part search trials")
     front = pareto_front(list(zip(xs, ys)))
     right.plot([xs[i] for i in front], [ys[i] for i in front], "k-", linewidth=1, label="Pareto front")
-    right.add_patch(__import__("matplotlib").patches.Rectangle((GOAL, GOAL), 0.2, 0.2, color="green", alpha=0.12, label=f"goal (both ≥ {GOAL})"))
-    right.set(title="day vs night (normalized)", xlabel=f"{day} / base80", ylabel=f"{night} / night fine-tune", xlim=(max(0.5, min(xs) - 0.02), 1.05), ylim=(max(0.5, min(ys) - 0.02), 1.1))
+    right.add_patch(matplotlib.patches.Rectangle((GOAL, GOAL), 0.2, 0.2, color=PALETTE[2], alpha=0.15, label=f"goal region (both ≥ {GOAL})"))
+    right.set(title="day vs night, every point (normalized)", xlabel=f"{day} mAP50-95 ÷ base80's", ylabel=f"{night} mAP50-95 ÷ the night fine-tune's", xlim=(max(0.5, min(xs) - 0.02), 1.05), ylim=(max(0.5, min(ys) - 0.02), 1.1))
     right.grid(alpha=0.3)
-    right.legend(fontsize=8, loc="lower left")
-    fig.suptitle(f"base80 + α·τ(fruit-night): normalized mean mAP50-95 per method and BatchNorm policy (imgsz 320, {r['environment']['device']})", y=0.995, fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    legend_below(right, ncol=2)
+    st = r["settings"]
+    where = f"selected on {st['select']}, reported on val" if st.get("select") else "α and search trials scored on the reported val images (no separate selection split in this run)"
+    figure_title(fig, "base80 + α·τ(fruit-night): normalized mean mAP50-95 per merge method and BatchNorm policy", r,
+                 f"{day} val ÷ base80, {night} val ÷ the night fine-tune, imgsz {st['imgsz']}; {where}")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 1.15 / fig.get_figheight()))
     save_figure(fig, path)
 
 

@@ -1,30 +1,32 @@
-"""Detect + segment dual-purpose merge: base80 + α·τ_detect (fruit-night) + β·τ_segment → ONE Segment model.
+"""Detect + segment in ONE model: base80 + α·τ(fruit-night) + β·τ(segment), with α and β SELECTED on calibration
+splits and REPORTED on val, box and mask mAP against both sources, with bootstrap intervals over the val images.
 
-τ_segment comes from a segment model built from base80 (``yolo26n-seg.yaml`` + base80's weights): its mask branches
-(``cv4``, ``one2one_cv4``, ``proto``) have no counterpart in the detector, so they are carried as absolute tensors
-(``unmatched="carry"``) and the merge is a standard Ultralytics Segment model. Two variants of τ_segment:
+* τ(fruit-night) = the night detection fine-tune − base80; τ(segment) = a segment fine-tune of base80 − base80 (its
+  mask branches, ``cv4``, ``one2one_cv4``, ``proto``, have no counterpart in the detector and are carried whole:
+  ``unmatched="carry"``), so the merge is one standard Ultralytics Segment model. Variants of τ(segment): ``full``
+  and ``no-cls`` (without its class branch: the segment task's class-branch change, learnt on person-only labels,
+  would push every other class down).
+* The segment source is the fine-tune made by ``train_seg_finetune.py`` (``benchmarks/assets/yolo26n-seg-person.pt``,
+  GPU); its card (``.json`` beside it) holds the recipe from which the person views are rebuilt here.
+* Selection: every (variant, BN policy, α, β) of the grid is scored on the CALIBRATION splits — a seeded sample of
+  ``calib`` fruit80-night and fruit80 TRAIN images, and the person train images the segment fine-tune never saw —
+  and the objective is the mean of night box mAP50-95 ÷ the night fine-tune's, day box ÷ base80's and person mask
+  ÷ the segment model's, each on the same split. The best point overall (and per variant and policy) is REPORTED
+  on the val splits (fruit80-night val, fruit80 val, coco-mini-seg val person view) with 95 % bootstrap intervals
+  (``yolo_taskvec.bootstrap``: images resampled, each ratio paired with its source on the same images).
+  ``report_grid=true`` also scores every grid point on val, for the figure only: nothing is chosen there.
 
-* ``full``: every tensor of the segment fine-tune (its class branch too);
-* ``no-cls``: without its class branch (``head.cls``), so the class logits stay base80's (+ α·τ_detect's): the
-  person segment fine-tune never saw a fruit, and its class-branch change pushes every other class down.
+    python benchmarks/bench_dual.py device=0                            # with the GPU fine-tune in benchmarks/assets
+    python benchmarks/bench_dual.py seg=/path/best.pt stem=dual_smoke   # any segment fine-tune of base80 (smoke)
+    python benchmarks/bench_dual.py --replot                            # redraw .md/.png from the stored .json
 
-Segment sources (``segs=``): ``person`` (``train_seg_person.py``: person polygons of coco-mini-seg + coco128-seg)
-and the shared ``yolo26n-seg-cocomini.pt`` (80 classes; mask mAP50-95 0.001 over coco-mini-seg's 77 val classes).
-Both are validated on the person view of coco-mini-seg val (203 images, 505 persons: the one class with enough
-instances to give a number above the noise; ``seg_data=`` overrides). Each merged model is scored by one reused ``Evaluator`` per source on fruit80-night
-(boxes: the detect task), fruit80 (boxes: base80's own task) and the segment data (boxes and masks; a Segment model is
-scored on detect-only data by the detection validator). Normalized = merged / source: the night fine-tune on
-fruit80-night, base80 on fruit80, the segment model on its data (box and mask). Points go through ``sweep`` one at a
-time (resumable; a refused merge is recorded).
-
-    python benchmarks/bench_dual.py                   # CPU (about 20-30 min on 2 busy cores)
-    python benchmarks/bench_dual.py device=0
-
-Writes ``benchmarks/results/dual.{md,json,png}``; per-point results under ``<runs_dir>/bench_dual`` (``work=``).
+Writes ``benchmarks/results/<stem>.{md,json,png}`` (``stem=dual``). Runs stored by the earlier version of this
+script (no selection split) are still rendered, marked as such.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -32,167 +34,363 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATASETS, RESULTS, as_bool, as_floats, device_kind, environment, environment_markdown, load_average, parse_args, save_figure, write_outputs  # noqa: E402
+from common import DATASETS, PALETTE, REPO, RESULTS, as_bool, as_floats, calibration_split, device_kind, environment, environment_markdown, figure_title, legend_right, load_average, parse_args, render_outputs, save_figure, write_outputs  # noqa: E402
 
 DEFAULTS = {
     "base": "yolo26n-base80.pt",
     "detect": "yolo26n-fruit-night.pt",
+    "seg": str(REPO / "benchmarks" / "assets" / "yolo26n-seg-person.pt"),
     "night_data": "fruit80-night",
     "day_data": "fruit80",
-    "segs": "person,yolo26n-seg-cocomini.pt",  # person: <runs_dir>/taskvec-seg-person/train/weights/best.pt
-    "seg_data": "",  # one yaml per seg source; default: the person view (train_seg_person.py) for every source
-    "variants": "full,no-cls",
-    "night_scales": "0,0.5,1",
-    "seg_scales": "0.5,1",
+    "calib": "60",  # fruit TRAIN images per dataset in the selection split (seeded)
+    "seed": "0",
+    "variants": "no-cls,full",
+    "night_scales": "0:1:0.25",
+    "seg_scales": "0.25:1:0.25",
     "bn": "merge,geometric",
     "imgsz": "320",
     "batch": "16",
     "device": "cpu",
-    "work": "",  # default: <runs_dir>/bench_dual
-    "resume": "true",
+    "resamples": "1000",
+    "report_grid": "true",
+    "project": "",  # where the person views are rebuilt (default: <runs_dir>/taskvec-seg, as train_seg_finetune.py)
+    "stem": "dual",
     "out": str(RESULTS),
+    "render": "false",  # true (or --replot): rebuild the .md/.png from the stored .json, measure nothing
 }
 SEG_PARTS_NO_CLS = ["backbone", "neck", "head.box", "head.mask"]
+KEYS = ("night", "day", "segment")  # dataset roles; the objective's three terms below
+TERMS = (("night", "map50_95", "night"), ("day", "map50_95", "base80"), ("segment", "mask_map50_95", "segment"))
 
 
-def runs_dir() -> Path:
-    from ultralytics.utils import SETTINGS
+# ----------------------------------------------------------------------------------------------- set-up
+def seg_views(seg: Path, args: dict[str, str]) -> tuple[dict[str, Path], dict[str, Any], dict[str, Any]]:
+    """The person views of the segment fine-tune's recipe (its card beside the checkpoint, else the script's defaults)."""
+    import train_seg_finetune as tsf
 
-    return Path(SETTINGS["runs_dir"])
+    card_path = seg.with_suffix(".json")
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    recipe = {**tsf.DEFAULTS, **{k: str(v) for k, v in card.get("recipe", {}).items()}}
+    project = Path(args["project"]).resolve() if args["project"] else tsf.default_project()
+    yamls, counts = tsf.views(recipe, project)
+    return yamls, counts, card
 
 
-def seg_sources(args: dict[str, str]) -> dict[str, tuple[str, str]]:
-    """``{label: (segment checkpoint, its validation yaml)}``."""
-    from yolo_taskvec.checkpoint import resolve_weights
+def evaluators(args: dict[str, str], seg: Path, work: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """One Evaluator over the selection splits and one (per-image statistics kept) over the val splits."""
+    from yolo_taskvec import Evaluator
 
-    names = [s for s in args["segs"].split(",") if s]
-    data = [d for d in args["seg_data"].split(",") if d]
-    if data and len(data) != len(names):
-        sys.exit(f"seg_data= needs one yaml per seg source ({len(names)}), got {len(data)}.")
-    project = runs_dir() / "taskvec-seg-person"
-    person_yaml = project / "data" / "person.yaml"
-    if not data and not person_yaml.exists():
-        sys.exit(f"{person_yaml} not found; run benchmarks/train_seg_person.py first (or pass seg_data=).")
+    views, counts, card = seg_views(seg, args)
+    n, seed = int(args["calib"]), int(args["seed"])
+    select = {
+        "night": calibration_split(DATASETS / f"{args['night_data']}.yaml", n, seed, work),
+        "day": calibration_split(DATASETS / f"{args['day_data']}.yaml", n, seed, work),
+        "segment": views["calib"],
+    }
+    report = {"night": DATASETS / f"{args['night_data']}.yaml", "day": DATASETS / f"{args['day_data']}.yaml", "segment": views["train"]}
+    kw = {"imgsz": int(args["imgsz"]), "batch": int(args["batch"]), "device": args["device"], "progress": False}
+    ev_select = Evaluator([str(select[k]) for k in KEYS], **kw)
+    ev_report = Evaluator([str(report[k]) for k in KEYS], per_image=True, **kw)
+    info = {
+        "select": dict(zip(KEYS, ev_select.names)),
+        "report": dict(zip(KEYS, ev_report.names)),
+        "segment_views": counts,
+        "segment_card": {k: card[k] for k in ("file", "sha256", "command") if k in card},
+    }
+    return ev_select, ev_report, info
+
+
+def scores_by_role(ev: Any, result: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {role: result[name] for role, name in zip(KEYS, ev.names)}
+
+
+def objective(scores: dict[str, dict[str, float]], refs: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """Each term ÷ its source on the same split, and their mean."""
     out = {}
-    for i, name in enumerate(names):
-        yaml = data[i] if data else str(person_yaml)
-        if name == "person":
-            path = project / "train" / "weights" / "best.pt"
-            if not path.exists():
-                sys.exit(f"{path} not found; run benchmarks/train_seg_person.py first (or drop 'person' from segs=).")
-            out["person"] = (str(path), yaml)
-        else:
-            out[Path(name).stem] = (str(resolve_weights(name)), yaml)
+    for role, metric, source in TERMS:
+        ref = refs[source][role].get(metric, math.nan)
+        out[f"{role}/{metric}/norm"] = scores[role].get(metric, math.nan) / ref if ref > 0 else math.nan
+    out["objective"] = sum(out.values()) / len(out)
     return out
 
 
-class Runner:
-    """One Evaluator per segment source; each point is one ``sweep`` call (resumable, refusals recorded)."""
+def intervals(merged: dict[str, Any], sources: dict[str, dict[str, Any]], resamples: int, seed: int) -> dict[str, Any]:
+    """Bootstrap intervals on val: each term's ratio to its source (paired images) and the objective (joint)."""
+    from yolo_taskvec.bootstrap import bootstrap, interval
 
-    def __init__(self, base: Any, args: dict[str, str]):
-        self.base, self.args = base, args
-        self.work = Path(args["work"]) if args["work"] else runs_dir() / "bench_dual"
-        self.resume = as_bool(args["resume"])
+    out: dict[str, Any] = {}
+    samples = {}
+    for role, metric, source in TERMS:
+        m, r = merged[role], sources[source][role]
+        samples[f"m/{role}"], samples[f"r/{role}"] = m, r
+        out[f"{role}/{metric}"] = interval(m, metric, resamples=resamples, seed=seed).to_dict()
+        out[f"{role}/{metric}/norm"] = bootstrap({"m": m, "r": r}, lambda s, k=metric: s["m"][k] / s["r"][k] if s["r"][k] > 0 else math.nan, resamples=resamples, seed=seed).to_dict()
+    if merged["segment"].has_masks:
+        out["segment/map50_95"] = interval(merged["segment"], "map50_95", resamples=resamples, seed=seed).to_dict()
 
-    def evaluator(self, yamls: list[str]) -> Any:
-        from yolo_taskvec import Evaluator
+    def mean_ratio(s: dict[str, dict[str, float]]) -> float:
+        ratios = [s[f"m/{role}"][metric] / s[f"r/{role}"][metric] if s[f"r/{role}"][metric] > 0 else math.nan for role, metric, _ in TERMS]
+        return sum(ratios) / len(ratios)
 
-        return Evaluator(yamls, imgsz=int(self.args["imgsz"]), batch=int(self.args["batch"]), device=self.args["device"], progress=False)
-
-    def point(self, ev: Any, vectors: list[Any], axes: dict[str, float], bn: str, folder: Path) -> dict[str, Any]:
-        import shutil
-
-        from yolo_taskvec import sweep
-        from yolo_taskvec.errors import TaskVecError
-
-        if not self.resume and folder.exists():
-            shutil.rmtree(folder)
-        try:
-            res = sweep(
-                self.base,
-                vectors,
-                data=[str(d.yaml) for d in ev.datasets],
-                scales={k: [v] for k, v in axes.items()},
-                bn=bn,
-                unmatched="carry",
-                imgsz=int(self.args["imgsz"]),
-                batch=int(self.args["batch"]),
-                device=self.args["device"],
-                evaluator=ev,
-                out=folder,
-                plot=False,
-                verbose=False,
-            )
-        except TaskVecError as e:
-            return {"error": str(e)}
-        row = res.rows[0]
-        return {k: v for k, v in row.items() if "/" in k or k == "seconds"}
+    out["objective"] = bootstrap(samples, mean_ratio, resamples=resamples, seed=seed).to_dict()
+    return out
 
 
-def normalized(row: dict[str, Any], refs: dict[str, float]) -> dict[str, Any]:
-    """``norm/<metric key>`` = merged / source for each reference metric; ``mean_norm`` over the mAP50-95 ones."""
-    if "error" in row:
-        return row
-    for key, ref in refs.items():
-        row[f"norm/{key}"] = row.get(key, float("nan")) / ref if ref > 0 else float("nan")
-    values = [row[f"norm/{k}"] for k in refs if k.endswith("map50_95") and not math.isnan(row[f"norm/{k}"])]
-    row["mean_norm"] = sum(values) / len(values) if values else float("nan")
-    return row
+# ----------------------------------------------------------------------------------------------- run
+def run(args: dict[str, str], argv: list[str]) -> dict[str, Any]:
+    import tempfile
 
-
-def run_source(runner: Runner, label: str, seg_path: str, seg_yaml: str, night_tv: Any, args: dict[str, str]) -> dict[str, Any]:
     from ultralytics.utils import TQDM
 
-    from yolo_taskvec import TaskVector
-    from yolo_taskvec.data import dataset_name
-    from yolo_taskvec.taskvector import is_bn_stat
+    from yolo_taskvec import TaskVector, load_model, merge
+    from yolo_taskvec.checkpoint import resolve_weights
+    from yolo_taskvec.errors import TaskVecError
 
-    night, day, seg = (str(DATASETS / f"{args['night_data']}.yaml"), str(DATASETS / f"{args['day_data']}.yaml"), seg_yaml)
-    ev = runner.evaluator([night, day, seg])
-    n_name, d_name, s_name = (dataset_name(x) for x in (night, day, seg))
-    sources = {"base80": ev(args["base"]), "night": ev(args["detect"]), "segment": ev(seg_path)}
-    refs = {
-        f"{n_name}/map50_95": sources["night"][n_name]["map50_95"],
-        f"{d_name}/map50_95": sources["base80"][d_name]["map50_95"],
-        f"{s_name}/map50_95": sources["segment"][s_name]["map50_95"],
-        f"{s_name}/mask_map50_95": sources["segment"][s_name]["mask_map50_95"],
-        f"{s_name}/mask_map50": sources["segment"][s_name]["mask_map50"],  # shown, not in the mean
-    }
-    seg_tv = TaskVector.from_models(runner.base, seg_path, name="seg", unmatched="carry")
-    tvs = {"full": seg_tv, "no-cls": seg_tv.select(SEG_PARTS_NO_CLS)}
+    start = time.perf_counter()
+    env = environment(args["device"])
+    seg = Path(args["seg"])
+    if not seg.exists():
+        sys.exit(f"{seg} not found: train it first (python benchmarks/train_seg_finetune.py device=0), or pass seg=<a segment fine-tune of base80>.")
+    seg = seg.resolve()
+    work = Path(tempfile.mkdtemp(prefix="bench-dual-"))
+    ev_select, ev_report, info = evaluators(args, seg, work)
+    base = load_model(args["base"])
+    paths = {"base80": str(resolve_weights(args["base"])), "night": str(resolve_weights(args["detect"])), "segment": str(seg)}
+    refs_select, refs_report, source_stats = {}, {}, {}
+    for name, path in paths.items():
+        refs_select[name] = scores_by_role(ev_select, ev_select(path))
+        refs_report[name] = scores_by_role(ev_report, ev_report(path))
+        source_stats[name] = {role: ev_report.image_stats[n] for role, n in zip(KEYS, ev_report.names)}
+    night_tv = TaskVector.from_models(base, args["detect"], name="night")
+    seg_tv = TaskVector.from_models(base, str(seg), name="segment", unmatched="carry")
+    variants = {"full": seg_tv, "no-cls": seg_tv.select(SEG_PARTS_NO_CLS)}
+    chosen_variants = [v for v in args["variants"].split(",") if v]
+    for v in chosen_variants:
+        if v not in variants:
+            sys.exit(f"unknown variant '{v}'; variants are {', '.join(variants)}.")
+    grid = [(v, bn, a, b) for v in chosen_variants for bn in args["bn"].split(",") if bn for a in as_floats(args["night_scales"]) for b in as_floats(args["seg_scales"])]
+    report_grid = as_bool(args["report_grid"])
 
-    def ratio(tv: Any) -> float:
-        keys = [k for k in tv.deltas if not is_bn_stat(k) and tv.part_of(k) != "head.cls"]
-        num = sum(float(tv.deltas[k].double().pow(2).sum()) for k in keys)
-        return math.sqrt(num / sum(float(runner.base.state[k].double().pow(2).sum()) for k in keys))
+    def build(v: str, bn: str, a: float, b: float) -> Any:
+        return merge(base, [night_tv, variants[v]], weights=[a, b], bn=bn, unmatched="carry")
 
     rows = []
-    grid = [(v, bn, a, b) for v in args["variants"].split(",") if v for bn in args["bn"].split(",") if bn for b in as_floats(args["seg_scales"]) for a in as_floats(args["night_scales"])]
-    bar = TQDM(grid, desc=f"dual {label}")
-    for variant, bn, a, b in bar:
-        if variant not in tvs:
-            sys.exit(f"unknown variant '{variant}'; variants are {', '.join(tvs)}.")
-        folder = runner.work / f"{label}-on-{s_name}" / variant / bn / f"night{a:g}-seg{b:g}"
-        row = normalized(runner.point(ev, [night_tv, tvs[variant]], {"night": a, "seg": b}, bn, folder), refs)
-        rows.append({"variant": variant, "bn": bn, "night": a, "seg": b, **row})
-        bar.set_description(f"dual {label} {variant}/{bn} night {a:g} seg {b:g}: " + (f"{row['mean_norm']:.3f}" if "error" not in row else "refused"))
+    for v, bn, a, b in (bar := TQDM(grid, desc="dual grid")):
+        row: dict[str, Any] = {"variant": v, "bn": bn, "night": a, "seg": b}
+        try:
+            model = build(v, bn, a, b)
+        except TaskVecError as e:
+            rows.append({**row, "refused": str(e)})
+            continue
+        sel = scores_by_role(ev_select, ev_select(model))
+        row["select"] = {"scores": sel, **objective(sel, refs_select)}
+        if report_grid:
+            rep = scores_by_role(ev_report, ev_report(model))
+            row["report"] = {"scores": rep, **objective(rep, refs_report)}
+        rows.append(row)
+        bar.set_description(f"dual {v}/{bn} α {a:g} β {b:g}: select {row['select']['objective']:.3f}")
+    scored = [r for r in rows if "select" in r]
+    if not scored:
+        sys.exit("every grid point was refused; see the BatchNorm policies (bn=geometric keeps variances positive).")
+    combos = list(dict.fromkeys((r["variant"], r["bn"]) for r in scored))
+    picks = {"overall": max(scored, key=lambda r: r["select"]["objective"])}
+    for v, bn in combos:
+        picks[f"{v}, bn={bn}"] = max((r for r in scored if (r["variant"], r["bn"]) == (v, bn)), key=lambda r: r["select"]["objective"])
+    chosen = {}
+    resamples, seed = int(args["resamples"]), int(args["seed"])
+    for label, r in picks.items():
+        model = build(r["variant"], r["bn"], r["night"], r["seg"])
+        rep = scores_by_role(ev_report, ev_report(model))
+        stats = {role: ev_report.image_stats[n] for role, n in zip(KEYS, ev_report.names)}
+        chosen[label] = {"point": {k: r[k] for k in ("variant", "bn", "night", "seg")}, "select": r["select"], "report": {"scores": rep, **objective(rep, refs_report)}, "intervals": intervals(stats, source_stats, resamples, seed)}
+    source_intervals = {name: {role: {m: _interval(source_stats[name][role], m, resamples, seed) for m in ("map50_95", "mask_map50_95") if m == "map50_95" or source_stats[name][role].has_masks} for role in KEYS} for name in paths}
     return {
-        "segment_model": seg_path,
-        "datasets": {"night": n_name, "day": d_name, "segment": s_name},
-        "sources": sources,
-        "references": refs,
-        "carried": sorted(seg_tv.absolute),
-        "norm_ratio": {"night": ratio(night_tv), "segment": ratio(seg_tv)},
+        "environment": env,
+        "command": "python benchmarks/bench_dual.py " + " ".join(argv),
+        "config": {k: v for k, v in args.items() if k not in ("out", "render", "project")},
+        "selection": {"calib_images": int(args["calib"]), "seed": seed, "splits": info["select"], "objective": "mean of night box ÷ night fine-tune, day box ÷ base80, person mask ÷ segment model (same split)"},
+        "report_splits": info["report"],
+        "segment_views": info["segment_views"],
+        "segment_card": info["segment_card"],
+        "sources": {"paths": paths, "select": refs_select, "report": refs_report, "intervals": source_intervals},
+        "carried": len(seg_tv.absolute),
         "rows": rows,
+        "chosen": chosen,
+        "minutes": (time.perf_counter() - start) / 60,
+        "load_average_end": load_average(),
     }
+
+
+def _interval(stats: Any, metric: str, resamples: int, seed: int) -> dict[str, float]:
+    from yolo_taskvec.bootstrap import interval
+
+    return interval(stats, metric, resamples=resamples, seed=seed).to_dict()
 
 
 # ----------------------------------------------------------------------------------------------- report
+def _ci(x: dict[str, float] | None, digits: int = 3) -> str:
+    return f" [{x['low']:.{digits}f}, {x['high']:.{digits}f}]" if x else ""
+
+
+def markdown(runs: dict[str, Any]) -> str:
+    if not any("selection" in run for run in runs.values()):
+        return legacy_markdown(runs)
+    lines = [
+        "# Detect + segment in one model: base80 + α·τ(fruit-night) + β·τ(segment), selected on calibration splits",
+        "",
+        "Generated by `benchmarks/bench_dual.py` (its docstring has the method). α, β, the τ(segment) variant and the",
+        "BatchNorm policy are chosen on the calibration splits; the numbers below are on the val splits, which took no",
+        "part in the choice. Brackets: 95 % percentile bootstrap intervals over the val images (ratios paired with",
+        "their source on the same resampled images).",
+        "",
+    ]
+    for kind, run in runs.items():
+        if "selection" not in run:
+            lines += [f"## {kind.upper()} (earlier version of this benchmark)", "", *legacy_markdown({kind: run}).splitlines()[12:], ""]
+            continue
+        sel, rep, src = run["selection"], run["report_splits"], run["sources"]
+        lines += [
+            f"## {kind.upper()}",
+            "",
+            *environment_markdown(run["environment"], run.get("load_average_end")),
+            f"Command: `{run['command']}` ({run['minutes']:.0f} min). Segment source: `{Path(src['paths']['segment']).name}`"
+            + (f" (sha256 `{run['segment_card']['sha256'][:16]}…`)" if run.get("segment_card", {}).get("sha256") else " (no card beside it: not the committed GPU fine-tune)")
+            + f"; {run['carried']} mask-branch tensors carried.",
+            f"Selection splits: {', '.join(f'{k} = {v}' for k, v in sel['splits'].items())} ({sel['calib_images']} fruit train images each, seed {sel['seed']}; "
+            f"the person calibration images were held out of the segment fine-tune's training). Report splits: {', '.join(f'{k} = {v}' for k, v in rep.items())}.",
+            "",
+            "Sources on val (mAP50-95):",
+            "",
+            "| model | night box | day box | person box | person mask |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, s in src["report"].items():
+            ci = src["intervals"][name]
+            lines.append(f"| {name} | {s['night']['map50_95']:.3f}{_ci(ci['night'].get('map50_95'))} | {s['day']['map50_95']:.3f}{_ci(ci['day'].get('map50_95'))} | "
+                         f"{s['segment']['map50_95']:.3f}{_ci(ci['segment'].get('map50_95'))} | " + (f"{s['segment']['mask_map50_95']:.3f}{_ci(ci['segment'].get('mask_map50_95'))}" if "mask_map50_95" in s["segment"] else "—") + " |")
+        lines += [
+            "",
+            "Chosen on the calibration splits, reported on val (mAP50-95; ÷ source in the second line of each cell):",
+            "",
+            "| choice | variant | bn | α | β | objective on calib | night box | day box | person mask | objective on val |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for label, c in run["chosen"].items():
+            p, r, ci = c["point"], c["report"], c["intervals"]
+            cells = []
+            for role, metric, _ in TERMS:
+                cells.append(f"{r['scores'][role][metric]:.3f}{_ci(ci.get(f'{role}/{metric}'))}<br>÷ {r[f'{role}/{metric}/norm']:.3f}{_ci(ci.get(f'{role}/{metric}/norm'))}")
+            name = f"**{label}**" if label == "overall" else label
+            lines.append(f"| {name} | {p['variant']} | {p['bn']} | {p['night']:g} | {p['seg']:g} | {c['select']['objective']:.3f} | " + " | ".join(cells) + f" | {r['objective']:.3f}{_ci(ci['objective'])} |")
+        refused = [r for r in run["rows"] if "refused" in r]
+        lines += ["", f"Grid: {len(run['rows'])} points, {len(refused)} refused by the library (`bn=merge` would make a running variance ≤ 0)." + (" Every point's val scores are in the JSON (for the figure; nothing was chosen on them)." if any('report' in r for r in run['rows']) else ""), ""]
+    return "\n".join(lines)
+
+
+def _heatmap(ax: Any, rows: list[dict[str, Any]], value: Any, title: str, mark: dict[str, Any] | None) -> Any:
+    import numpy as np
+
+    alphas = sorted({r["night"] for r in rows})
+    betas = sorted({r["seg"] for r in rows})
+    grid = np.full((len(betas), len(alphas)), np.nan)
+    for r in rows:
+        v = value(r)
+        if v is not None:
+            grid[betas.index(r["seg"]), alphas.index(r["night"])] = v
+    im = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+    finite = grid[np.isfinite(grid)]
+    lo, hi = (finite.min(), finite.max()) if finite.size else (0, 1)
+    for j in range(len(betas)):
+        for i in range(len(alphas)):
+            v = grid[j, i]
+            text, color = ("refused", "0.3") if not np.isfinite(v) else (f"{v:.2f}", "black" if hi > lo and (v - lo) / (hi - lo) > 0.6 else "white")
+            ax.text(i, j, text, ha="center", va="center", fontsize=8, color=color)
+    if mark is not None:
+        ax.plot([alphas.index(mark["night"])], [betas.index(mark["seg"])], marker="s", ms=26, mfc="none", mec="red", mew=2)
+    ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_yticks(range(len(betas)), [f"{b:g}" for b in betas])
+    ax.set(xlabel="α (τ fruit-night)", ylabel="β (τ segment)", title=title)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    return im
+
+
+def plot(runs: dict[str, Any], path: Path) -> None:
+    kind, run = next(((k, runs[k]) for k in ("cuda", "cpu") if k in runs), next(iter(runs.items())))
+    if "selection" not in run:
+        return legacy_plot(kind, run, path)
+    from matplotlib.figure import Figure
+
+    c = run["chosen"]["overall"]
+    p = c["point"]
+    rows = [r for r in run["rows"] if (r["variant"], r["bn"]) == (p["variant"], p["bn"])]
+    val = any("report" in r for r in rows)
+    cols = 4 if val else 1
+    fig = Figure(figsize=(5.2 * cols + 2, 10.5))
+    grid = fig.add_gridspec(2, cols, height_ratios=[1, 1.1])
+    axes = [fig.add_subplot(grid[0, i]) for i in range(cols)]
+    _heatmap(axes[0], rows, lambda r: r["select"]["objective"] if "select" in r else None, "objective on the CALIBRATION splits\n(red: chosen)", p)
+    if val:
+        for ax, (role, metric, source) in zip(axes[1:], TERMS):
+            what = f"{'person mask' if role == 'segment' else role + ' box'} on VAL ÷ {source}"
+            _heatmap(ax, rows, lambda r, k=f"{role}/{metric}/norm": r["report"][k] if "report" in r else None, what, p)
+    bars = fig.add_subplot(grid[1, :])
+    groups = [("night", "map50_95", "fruit80-night box"), ("day", "map50_95", "fruit80 box"), ("segment", "map50_95", "person box"), ("segment", "mask_map50_95", "person mask")]
+    models = [("base80", run["sources"]["report"]["base80"], run["sources"]["intervals"]["base80"]), ("night fine-tune", run["sources"]["report"]["night"], run["sources"]["intervals"]["night"]),
+              ("segment fine-tune", run["sources"]["report"]["segment"], run["sources"]["intervals"]["segment"]),
+              (f"merged ({p['variant']}, bn={p['bn']}, α={p['night']:g}, β={p['seg']:g})", c["report"]["scores"], {role: {m: c["intervals"].get(f"{role}/{m}") for m in ("map50_95", "mask_map50_95")} for role in KEYS})]
+    width = 0.8 / len(models)
+    for j, (label, scores, cis) in enumerate(models):
+        xs, ys, errs = [], [], [[], []]
+        for i, (role, metric, _) in enumerate(groups):
+            v = scores[role].get(metric)
+            if v is None:
+                continue
+            ci = (cis.get(role) or {}).get(metric)
+            xs.append(i + (j - (len(models) - 1) / 2) * width)
+            ys.append(v)
+            errs[0].append(v - ci["low"] if ci else 0)
+            errs[1].append(ci["high"] - v if ci else 0)
+        bars.bar(xs, ys, width * 0.95, yerr=errs, capsize=3, color=PALETTE[j % len(PALETTE)], label=label)
+        for x, y, e in zip(xs, ys, errs[1]):
+            bars.text(x, y + e, f"{y:.3f}", ha="center", va="bottom", fontsize=7.5)
+    bars.set_xticks(range(len(groups)), [g[2] for g in groups])
+    bars.set(ylabel="mAP50-95 on val (whiskers: 95 % bootstrap interval)", title="the chosen merged model against its sources, on val")
+    bars.grid(axis="y", alpha=0.3)
+    legend_right(bars)
+    figure_title(fig, "Detect + segment in one model: base80 + α·τ(fruit-night) + β·τ(segment)", run,
+                 f"α, β, variant and BN policy chosen on calibration splits; shown for the chosen variant ({p['variant']}, bn={p['bn']}); imgsz {run['config']['imgsz']}")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------- earlier runs
+def legacy_plot(kind: str, run: dict[str, Any], path: Path) -> None:
+    """Runs of the earlier version (no selection split): per segment source, the best τ(segment) variant and BN
+    policy by val mean (chosen on the reported data, as the title says), normalized val scores over α × β."""
+    from matplotlib.figure import Figure
+
+    labels = list(run["sources"])
+    fig = Figure(figsize=(17, 4.4 * len(labels) + 1.2))
+    axes = fig.subplots(len(labels), 3, squeeze=False)
+    for row_axes, label in zip(axes, labels):
+        s = run["sources"][label]
+        n, d, g = s["datasets"]["night"], s["datasets"]["day"], s["datasets"]["segment"]
+        ok = [r for r in s["rows"] if "error" not in r]
+        best = max(ok, key=lambda r: r["mean_norm"])
+        rows = [r for r in s["rows"] if (r["variant"], r["bn"]) == (best["variant"], best["bn"])]
+        for ax, (key, what) in zip(row_axes, ((f"{n}/map50_95", f"{n} box ÷ night fine-tune"), (f"{d}/map50_95", f"{d} box ÷ base80"), (f"{g}/mask_map50_95", f"{g} mask ÷ segment model ({s['sources']['segment'][g]['mask_map50_95']:.3f})"))):
+            _heatmap(ax, rows, lambda r, k=key: r.get(f"norm/{k}") if "error" not in r else None, f"source {label}: {what}\n(τ_seg {best['variant']}, bn={best['bn']}; red: best mean on val)", best)
+    figure_title(fig, "Detect + segment in one model (earlier version: no selection split, segment sources with mask mAP50-95 ≤ 0.01)", run,
+                 "val scores ÷ each source; the marked point is the best on the same val data (selected on the reported data)")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def _f(v: Any) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
-def source_markdown(label: str, s: dict[str, Any]) -> list[str]:
+def legacy_source_markdown(label: str, s: dict[str, Any]) -> list[str]:
     n, d, g = s["datasets"]["night"], s["datasets"]["day"], s["datasets"]["segment"]
     lines = [
         f"### segment source: {label} (`{Path(s['segment_model']).name}`, validated on {g})",
@@ -229,7 +427,7 @@ def source_markdown(label: str, s: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown(runs: dict[str, Any]) -> str:
+def legacy_markdown(runs: dict[str, Any]) -> str:
     lines = [
         "# Detect + segment in one model: base80 + α·τ(fruit-night) + β·τ(segment)",
         "",
@@ -246,57 +444,18 @@ def markdown(runs: dict[str, Any]) -> str:
     for kind, run in runs.items():
         lines += [f"## {kind.upper()}", "", *environment_markdown(run["environment"], run.get("load_average_end")), f"Command: `{run['command']}` ({run['minutes']:.0f} min)", ""]
         for label, s in run["sources"].items():
-            lines += source_markdown(label, s)
+            lines += legacy_source_markdown(label, s)
     return "\n".join(lines)
 
-
-def plot(runs: dict[str, Any], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    run = runs.get("cpu") or next(iter(runs.values()))
-    labels = list(run["sources"])
-    fig, axes = plt.subplots(len(labels), 3, figsize=(14, 3.9 * len(labels)), squeeze=False)
-    styles = {"full": "-", "no-cls": "--"}
-    for i, label in enumerate(labels):
-        s = run["sources"][label]
-        n, d, g = s["datasets"]["night"], s["datasets"]["day"], s["datasets"]["segment"]
-        panels = [(f"{n}/map50_95", f"{n}: box mAP50-95 (detect task)", "night"), (f"{d}/map50_95", f"{d}: box mAP50-95 (base80's task)", "base80"), (f"{g}/mask_map50_95", f"{g}: mask mAP50-95 (segment task)", "segment")]
-        for j, (key, title, ref_name) in enumerate(panels):
-            ax = axes[i][j]
-            groups = sorted({(r["variant"], r["bn"], r["seg"]) for r in s["rows"] if "error" not in r})
-            for variant, bn, b in groups:
-                pts = sorted((r["night"], r[key]) for r in s["rows"] if "error" not in r and (r["variant"], r["bn"], r["seg"]) == (variant, bn, b))
-                ax.plot(*zip(*pts), marker="o", ls=styles.get(variant, ":"), label=f"τ_seg {variant}, β={b:g}" + (f", bn={bn}" if bn != "merge" else ""))
-            ds, metric = key.split("/")
-            ref = s["sources"][ref_name][ds].get(metric)
-            if ref is not None:
-                ax.axhline(ref, color="black", lw=1, ls=":", label=f"{ref_name} model alone")
-            ax.set(xlabel="α (scale of τ_detect, night)", title=f"{label}: {title}")
-            ax.grid(alpha=0.3)
-            if j == 0:
-                ax.set_ylabel("mAP50-95")
-            ax.legend(fontsize=7.5)
-    fig.suptitle("detect + segment dual-purpose merge: base80 + α·τ(fruit-night) + β·τ(segment) (CPU, imgsz 320)", fontsize=11)
-    fig.tight_layout()
-    save_figure(fig, path)
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv, DEFAULTS, "bench_dual.py")
-    from yolo_taskvec import TaskVector, load_model
-
-    start = time.perf_counter()
-    env = environment(args["device"])
-    sources = seg_sources(args)
-    base = load_model(args["base"])
-    night_tv = TaskVector.from_models(base, args["detect"], name="night")
-    runner = Runner(base, args)
-    result = {"environment": env, "command": "python benchmarks/bench_dual.py " + " ".join(argv), "config": {k: v for k, v in args.items() if k not in ("out", "work", "resume")}, "sources": {}}
-    for label, (path, yaml) in sources.items():
-        result["sources"][label] = run_source(runner, label, path, yaml, night_tv, args)
-    result["minutes"] = (time.perf_counter() - start) / 60
-    result["load_average_end"] = load_average()
-    write_outputs("dual", result, args["out"], kind=device_kind(args["device"]), markdown=markdown, plot=plot)
+    if as_bool(args["render"]):
+        render_outputs(args["stem"], Path(args["out"]), markdown=markdown, plot=plot)
+        return
+    result = run(args, argv)
+    write_outputs(args["stem"], result, args["out"], kind=device_kind(args["device"]), markdown=markdown, plot=plot)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import REPO, busy, environment, load_average, no_nms_time_limit, parse_args, save_figure, write_outputs
+from common import PALETTE, REPO, as_bool, busy, environment, figure_title, legend_below, legend_right, load_average, no_nms_time_limit, parse_args, render_outputs, save_figure, write_outputs
 
 DEFAULTS = {
     "base": "yolo26n-base80.pt",
@@ -42,6 +42,7 @@ DEFAULTS = {
     "device": "cpu",
     "steps": "11",
     "out": str(REPO / "benchmarks" / "results"),
+    "render": "false",  # true (or --replot): rebuild the .md/.png from the stored .json, measure nothing
 }
 
 
@@ -312,35 +313,62 @@ def markdown(runs: dict) -> str:
     return "\n".join(lines)
 
 
+# one fixed colour per stage, shared by both paths (stages of one path only get colours no other stage has)
+STAGE_COLORS = {
+    "forward": "#0072B2", "NMS / postprocess": "#56B4E9", "match + update metrics": "#009E73", "AP computation": "#F0E442",
+    "save .pt": "#D55E00", "load checkpoint": "#E69F00", "deepcopy model": "#CC79A7", "fuse (AutoBackend)": "#882255",
+    "build dataset": "#999933", "decode + letterbox": "#117733", "read weights (fp16-rounded)": "#332288",
+    "fuse weights in place": "#AA4499", "other": "#BBBBBB",
+}
+
+
 def plot(runs: dict, path: Path) -> None:
-    import matplotlib
+    """Left: seconds per merged model over the sweep for each path. Right: where one model's time goes, per stage."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(runs), 2, figsize=(12, 4.2 * len(runs)), squeeze=False)
+    fig = Figure(figsize=(13, 4.9 * len(runs)))
+    axes = fig.subplots(len(runs), 2, squeeze=False, gridspec_kw={"width_ratios": [1, 1.25]})
     for (kind, r), (left, right) in zip(runs.items(), axes):
+        s, st = r["summary"], r["settings"]
         alphas = [row["alpha"] for row in r["rows"]]
-        left.plot(alphas, [row["fresh_s"] for row in r["rows"]], "o-", label="fresh YOLO(path).val() ×2")
-        left.plot(alphas, [row["reused_s"] for row in r["rows"]], "s-", label="reused Evaluator (both datasets)")
+        t = s.get("threads", {})
+        left.plot(alphas, [row["fresh_s"] for row in r["rows"]], "o-", color=PALETTE[5], label=f"fresh YOLO(path).val() per dataset ({t.get('fresh', '?')} thread{'s' if t.get('fresh') != 1 else ''})")
+        left.plot(alphas, [row["reused_s"] for row in r["rows"]], "s-", color=PALETTE[0], label=f"reused Evaluator ({t.get('reused', '?')} threads, its default)")
         if "equal_s" in r["rows"][0]:
-            left.plot(alphas, [row["equal_s"] for row in r["rows"]], "^--", label="reused Evaluator, Ultralytics' thread count")
-        left.set(xlabel="α (scale of τ fruit-night)", ylabel="seconds per merged model", title=f"{kind.upper()}: {r['summary']['validation_ratio']:.2f}× faster validation", ylim=(0, None))
-        left.legend()
+            left.plot(alphas, [row["equal_s"] for row in r["rows"]], "^--", color=PALETTE[4], label=f"reused Evaluator, Ultralytics' thread count ({t.get('equal', '?')})")
+        title = f"{s['validation_ratio']:.2f}× faster" + (f" ({s['equal_threads_ratio']:.2f}× at equal threads)" if s.get("equal_threads_ratio") else "")
+        left.set(xlabel="α of the merged model base80 + α·τ(fruit-night)", ylabel="seconds per merged model (2 datasets)", title=title, ylim=(0, None))
+        left.grid(alpha=0.3)
+        legend_below(left, ncol=1)
+        paths = [("fresh", "fresh\nYOLO(path).val()"), ("reused", "reused\nEvaluator")]
         stages = [k for k in dict.fromkeys([*r["profile"]["fresh"], *r["profile"]["reused"]]) if k not in ("other", "total")] + ["other"]
-        bottom = [0.0, 0.0]
-        for k in stages:
-            values = [r["profile"]["fresh"].get(k, 0.0), r["profile"]["reused"].get(k, 0.0)]
-            right.bar(["fresh", "reused"], values, bottom=bottom, label=k)
-            bottom = [b + v for b, v in zip(bottom, values)]
-        right.set(ylabel="seconds per merged model (α = 0.5, 2 datasets)", title="where the time goes")
-        right.legend(fontsize=7, loc="upper right")
+        for y, (key, label) in enumerate(paths):
+            left_edge = 0.0
+            for k in stages:
+                v = r["profile"][key].get(k, 0.0)
+                if v <= 0:
+                    continue
+                right.barh(y, v, left=left_edge, color=STAGE_COLORS.get(k, "0.5"), edgecolor="white", lw=0.5, label=k if y == 0 or k not in r["profile"]["fresh"] else None)
+                if v > 0.25:  # wide enough to name inside the bar
+                    right.text(left_edge + v / 2, y, f"{k}\n{v:.2f} s", ha="center", va="center", fontsize=7.5, color="white")
+                left_edge += v
+            right.text(left_edge + 0.03, y, f"{r['profile'][key]['total']:.2f} s", va="center", fontsize=9)
+        right.set_yticks(range(len(paths)), [label for _, label in paths])
+        right.set(xlabel="seconds for one more merged model (α = 0.5, both datasets)", title="where the time goes", ylim=(len(paths) - 0.4, -0.6))
+        right.set_xlim(0, max(r["profile"][k]["total"] for k, _ in paths) * 1.15)
+        right.grid(axis="x", alpha=0.3)
+        legend_right(right)
+        figure_title(fig, "Validation of a sweep's merged models: fresh YOLO(path).val() vs one reused Evaluator", r,
+                     f"base80 + α·τ(fruit-night), α = 0…1 (11 models) × fruit80 + fruit80-night val (60 images each), imgsz {st['imgsz']}, batch {st['batch']}")
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=130)
 
 
 def main() -> None:
     args = parse_args(sys.argv[1:], DEFAULTS, "bench_eval_speed.py")
+    if as_bool(args["render"]):
+        render_outputs("eval_speed", Path(args["out"]), markdown=markdown, plot=plot)
+        return
     result = run(args)
     kind = "cuda" if str(result["environment"]["device"]).startswith("cuda") else "cpu"
     write_outputs("eval_speed", result, Path(args["out"]), kind=kind, markdown=markdown, plot=plot)

@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATASETS, RESULTS, as_bool, as_floats, device_kind, environment, environment_markdown, load_average, no_nms_time_limit, parse_args, render_outputs, save_figure, write_outputs
+from common import DATASETS, PALETTE, RESULTS, as_bool, as_floats, device_kind, environment, environment_markdown, figure_title, legend_below, load_average, no_nms_time_limit, parse_args, render_outputs, save_figure, write_outputs
 
 DEFAULTS = {
     "base": "yolo26n-base80.pt",
@@ -167,34 +167,37 @@ def section(kind: str, r: dict) -> list[str]:
 
 
 def plot(runs: dict, path: Path) -> None:
+    """One panel per set-up: target (night, solid) and control (day, dashed) mAP vs β, one colour per BN policy;
+    refused points marked on the β axis; the three reference scores as named lines."""
     from matplotlib.figure import Figure
 
     r = runs.get("cuda") or runs["cpu"]
     day, night = r["settings"]["data"]
     refs = r["summary"]["references"]
-    fig = Figure(figsize=(13, 4.8))
+    fig = Figure(figsize=(13, 6.2))
     axes = fig.subplots(1, len(SETUPS), squeeze=False)[0]
-    colors = {"merge": "tab:blue", "geometric": "tab:orange", "recalibrate": "tab:green", "base": "tab:red"}
+    policies = list(dict.fromkeys(x["bn"] for x in r["rows"]))
+    colors = {bn: PALETTE[i % len(PALETTE)] for i, bn in enumerate(policies)}
+    top = max([x.get(k, 0) for x in r["rows"] for k in ("day", "night")] + [refs["tuned"][night], refs["base"][day]]) * 1.08
     for ax, (setup, title) in zip(axes, SETUPS.items()):
         rows = [x for x in r["rows"] if x["setup"] == setup]
-        for bn in dict.fromkeys(x["bn"] for x in rows):
+        for bn in policies:
             ok = [x for x in rows if x["bn"] == bn and "refused" not in x]
             if ok:
-                ax.plot([x["beta"] for x in ok], [x["night"] for x in ok], "o-", color=colors.get(bn), label=f"{night} (target), bn={bn}")
-                ax.plot([x["beta"] for x in ok], [x["day"] for x in ok], "s--", color=colors.get(bn), label=f"{day} (control), bn={bn}")
+                ax.plot([x["beta"] for x in ok], [x["night"] for x in ok], "o-", color=colors[bn], label=f"{night} (target), bn={bn}")
+                ax.plot([x["beta"] for x in ok], [x["day"] for x in ok], "s--", color=colors[bn], label=f"{day} (control), bn={bn}")
             bad = [x for x in rows if x["bn"] == bn and "refused" in x]
             if bad:
-                ax.plot([x["beta"] for x in bad], [0.02] * len(bad), "x", color=colors.get(bn), markersize=9, label=f"bn={bn} refused (variance ≤ 0)")
-        ax.axhline(refs["base"][day], color="grey", linestyle=":", linewidth=1)
-        ax.text(0.01, refs["base"][day], f"base80 {day}", va="bottom", fontsize=7, color="grey", transform=ax.get_yaxis_transform())
-        ax.axhline(refs["base"][night], color="grey", linestyle="-.", linewidth=1)
-        ax.text(0.01, refs["base"][night], f"base80 {night}", va="bottom", fontsize=7, color="grey", transform=ax.get_yaxis_transform())
-        ax.axhline(refs["tuned"][night], color="purple", linestyle=":", linewidth=1)
-        ax.text(0.01, refs["tuned"][night], f"fine-tune {night}", va="bottom", fontsize=7, color="purple", transform=ax.get_yaxis_transform())
-        ax.set(title=title, xlabel="β", ylabel="mAP50-95", ylim=(0, 0.55))
+                ax.plot([x["beta"] for x in bad], [0.0] * len(bad), "X", color=colors[bn], markersize=10, clip_on=False, zorder=5, label=f"bn={bn}: refused (a variance ≤ 0)")
+        ax.axhline(refs["tuned"][night], color="0.2", linestyle=":", linewidth=1.2, label=f"night fine-tune on {night}")
+        ax.axhline(refs["base"][day], color="0.45", linestyle="-.", linewidth=1, label=f"base80 on {day}")
+        ax.axhline(refs["base"][night], color="0.65", linestyle=(0, (5, 2, 1, 2)), linewidth=1, label=f"base80 on {night}")
+        ax.set(title=title, xlabel="β (amount of τ subtracted)", ylabel="mAP50-95", ylim=(0, top))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"Negation of τ(fruit-night), imgsz 320, {r['environment']['device']}", fontsize=11)
+        legend_below(ax, ncol=2)
+    st = r["settings"]
+    figure_title(fig, "Negation: subtracting β·τ(fruit-night) forgets night (target) and keeps day (control)", r,
+                 f"{day} val (day) and {night} val (night), 60 images each, imgsz {st['imgsz']}; recalibrate on {' + '.join(st['bn_data'])}")
     fig.tight_layout()
     save_figure(fig, path)
 

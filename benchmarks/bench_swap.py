@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, device_kind, environment, environment_markdown, load_average, parse_args, save_figure, write_outputs
+from common import PALETTE, RESULTS, as_bool, device_kind, environment, environment_markdown, figure_title, legend_below, load_average, parse_args, render_outputs, save_figure, write_outputs
 
 DEFAULTS = {
     "base": "yolo26n-base80.pt",
@@ -42,6 +42,7 @@ DEFAULTS = {
     "device": "cpu",
     "threads": "",  # torch CPU threads; default: what Ultralytics' select_device sets (min(8, CPUs - 1))
     "out": str(RESULTS),
+    "render": "false",  # true (or --replot): rebuild the .md/.png from the stored .json, measure nothing
 }
 
 
@@ -205,28 +206,43 @@ def markdown(runs: dict) -> str:
 
 
 def plot(runs: dict, path: Path) -> None:
-    import matplotlib.pyplot as plt
+    """One panel per model and device: median ms of each path (bars, value written), min-max whiskers, and the
+    ratio load ÷ swap above each pair. Hot-swap paths blue, checkpoint-loading paths orange."""
+    from matplotlib.figure import Figure
 
-    groups = [(kind, r) for kind, res in runs.items() for r in res["rows"]]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    bars = [("swap + unswap", lambda r: r["swap_unswap"]["median_ms"]), ("load YOLO(path)", lambda r: r["load"]["median_ms"]),
-            ("swap + predict + unswap", lambda r: r["switch_swap_predict_unswap"]["median_ms"]), ("load + predict", lambda r: r["switch_load_predict"]["median_ms"])]
-    width = 0.8 / len(bars)
-    for j, (name, get) in enumerate(bars):
-        xs = [i + (j - (len(bars) - 1) / 2) * width for i in range(len(groups))]
-        ax.bar(xs, [get(r) for _, r in groups], width, label=name)
-    ax.set_xticks(range(len(groups)), [f"{r['model'].split(' ')[0]}\n{kind}" for kind, r in groups])
-    ax.set_yscale("log")
-    ax.set_ylabel("milliseconds (median, log)")
-    ax.set_title("Switching behaviour: hot-swap vs loading a checkpoint")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    groups = [(kind, res, r) for kind, res in runs.items() for r in res["rows"]]
+    fig = Figure(figsize=(6.2 * len(groups), 5.6))
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    pairs = [("switch behaviour", "swap_unswap", "load"), ("switch and predict one image", "switch_swap_predict_unswap", "switch_load_predict")]
+    for ax, (kind, res, r) in zip(axes, groups):
+        top = 0.0
+        for i, (name, swap_key, load_key) in enumerate(pairs):
+            pair_top = max(r[swap_key]["max_ms"], r[load_key]["max_ms"])
+            for j, (key, color, label) in enumerate(((swap_key, PALETTE[0], "hot-swap (swap … unswap)"), (load_key, PALETTE[1], "load the merged checkpoint, YOLO(path)"))):
+                m = r[key]
+                x = i + (j - 0.5) * 0.38
+                ax.bar(x, m["median_ms"], 0.36, color=color, label=label if i == 0 else None)
+                ax.errorbar(x, m["median_ms"], yerr=[[m["median_ms"] - m["min_ms"]], [m["max_ms"] - m["median_ms"]]], color="0.2", capsize=4, lw=1)
+                ax.text(x, m["max_ms"], f"{m['median_ms']:.1f} ms", ha="center", va="bottom", fontsize=8.5)
+                top = max(top, m["max_ms"])
+            ratio = r[load_key]["median_ms"] / r[swap_key]["median_ms"]
+            ax.annotate(f"load ÷ swap = {ratio:.2f}×" + ("\n(swap slower)" if ratio < 1 else ""), (i, pair_top), xytext=(0, 16), textcoords="offset points", ha="center", va="bottom", fontsize=9.5, fontweight="bold")
+        ax.set_xticks(range(len(pairs)), [f"{name}\n(n = {r[k]['n']} each)" for name, k, _ in pairs])
+        ax.set_ylim(0, top * 1.3)
+        ax.set(ylabel="milliseconds (median; whiskers: min to max)", title=f"{r['model']}\n{r['values'] / 1e6:.1f} M values, {r['checkpoint_bytes'] / 1e6:.1f} MB checkpoint, {kind.upper()}")
+        ax.grid(axis="y", alpha=0.3)
+        legend_below(ax, ncol=1, offset=-0.13)
+    first = groups[0][1]
+    figure_title(fig, "Hot-swapping a task vector vs loading a separate checkpoint", first, f"scale 0.5, one image at imgsz {first['args']['imgsz']}")
     fig.tight_layout()
     save_figure(fig, path, dpi=130)
 
 
 def main() -> None:
-    args = parse_args(sys.argv[1:], DEFAULTS)
+    args = parse_args(sys.argv[1:], DEFAULTS, "bench_swap.py")
+    if as_bool(args["render"]):
+        render_outputs("swap", Path(args["out"]), markdown=markdown, plot=plot)
+        return
     res = run(args)
     write_outputs("swap", res, args["out"], kind=device_kind(args["device"]), markdown=markdown, plot=plot)
 

@@ -8,7 +8,8 @@ API (small and stable; other benchmarks rely on it):
 
 * ``REPO``, ``DATASETS``, ``RESULTS``: the project root, its ``datasets/`` yamls, ``benchmarks/results/``.
 * ``parse_args(argv, defaults, prog)``: ``key=value`` arguments over a dict of string defaults; an unknown key or
-  an item without ``=`` exits with a usage line naming the closest valid keys.
+  an item without ``=`` exits with a usage line naming the closest valid keys. ``--replot`` is ``render=true``
+  (for benchmarks with a ``render`` key: redraw ``.md``/``.png`` from the committed ``.json``, measure nothing).
 * ``as_bool(text)``, ``as_floats(text)``: parse ``true``/``false`` and ``0.2,0.5`` / ``0:1:0.1`` values.
 * ``environment(device)``: the environment block (date, machine, CPU model, logical CPUs, torch threads,
   ``OMP_NUM_THREADS``, device, whether a GPU is available, library versions, load average at start).
@@ -22,6 +23,12 @@ API (small and stable; other benchmarks rely on it):
 * ``render_outputs(stem, out, markdown=..., plot=...)``: rebuild ``<stem>.md`` and ``<stem>.png`` from the stored
   ``<stem>.json`` without measuring again (after a change to a table or plot).
 * ``save_figure(fig, path)``: a matplotlib figure to PNG, atomically (for use inside ``plot``).
+* Figure style shared by every plot: ``PALETTE`` (Okabe-Ito, distinct for colour-blind readers),
+  ``figure_title(fig, what, run)`` (what is shown + where it was measured: device, CPU/GPU, threads, date),
+  ``legend_below(ax)`` / ``legend_right(ax)`` (legends outside the data).
+* ``calibration_split(yaml, n, seed, out)``: a dataset yaml whose ``val`` is a fixed, seeded sample of ``n`` TRAIN
+  images of ``yaml`` (labels read where Ultralytics finds them): the split on which anything is selected, never the
+  val split that is reported.
 * ``no_nms_time_limit()``: context manager lifting Ultralytics' NMS time limit (2 s + 0.05 s per image of a batch)
   inside the block. On a busy CPU that limit is hit and the rest of the batch silently gets NO detections, so a
   validation's mAP depends on the machine's load; accuracy benchmarks validate inside this block.
@@ -55,6 +62,8 @@ def parse_args(argv: list[str], defaults: Mapping[str, str], prog: str | None = 
     prog = prog or Path(sys.argv[0]).name
     args = dict(defaults)
     for item in argv:
+        if item == "--replot" and "render" in defaults:
+            item = "render=true"
         key, sep, value = item.partition("=")
         if not sep or key not in defaults:
             close = difflib.get_close_matches(key, list(defaults), n=3)
@@ -235,3 +244,71 @@ def render_outputs(
         files["png"] = out / f"{stem}.png"
     print("rebuilt " + ", ".join(str(p) for p in files.values()))
     return files
+
+
+# ----------------------------------------------------------------------------------------------- figure style
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")  # Okabe-Ito
+
+
+def where_measured(run: Mapping[str, Any]) -> str:
+    """``CPU (AMD EPYC, 2 logical CPUs, 1 torch thread), 2026-11-23`` from a stored run's environment block."""
+    env = run.get("environment", {})
+    device = str(env.get("device", "cpu"))
+    if device.startswith("cpu"):
+        cpus, threads = env.get("logical_cpus"), env.get("torch_threads")
+        where = f"CPU ({env.get('cpu', 'unknown')}" + (f", {cpus} logical CPUs" if cpus else "") + (f", {threads} torch thread{'s' if str(threads) != '1' else ''}" if threads else "") + ")"
+    else:
+        where = "GPU " + device.split("(", 1)[-1].rstrip(")") if "(" in device else f"GPU {device}"
+    date = str(env.get("date", ""))[:10]
+    return where + (f", {date}" if date else "")
+
+
+def figure_title(fig: Any, what: str, run: Mapping[str, Any] | None = None, detail: str | None = None) -> None:
+    """A title block: what the figure shows; ``detail`` (data, image size...); where it was measured."""
+    lines = [what, *(x for x in (detail, where_measured(run) if run else None) if x)]
+    fig.suptitle("\n".join(lines), fontsize=11)
+
+
+def legend_below(ax: Any, ncol: int = 2, offset: float = -0.14, **kwargs: Any) -> None:
+    """The axes' legend under its x label, outside the data."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, offset), ncol=ncol, fontsize=8, frameon=False, **kwargs)
+
+
+def legend_right(ax: Any, **kwargs: Any) -> None:
+    """The axes' legend to the right of the axes, outside the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- selection splits
+def calibration_split(yaml: str | os.PathLike, n: int, seed: int, out: str | os.PathLike, *, split: str = "train", name: str | None = None) -> Path:
+    """Write ``<out>/<name>.yaml`` whose ``val`` lists ``n`` images drawn (seeded) from ``yaml``'s ``split``.
+
+    Scales, methods and the like are SELECTED on this split and REPORTED on the real val split, so the reported
+    number is not tuned on itself. The images are listed by absolute path in ``<name>.txt``; Ultralytics finds their
+    labels beside them (``images/`` -> ``labels/``), so nothing is copied. ``train`` points at the same list (a
+    dataset yaml needs one). Class names are the source's. ``name`` defaults to ``<stem>-calib``.
+    """
+    import random
+
+    from yolo_taskvec.atomic import write_text_atomic
+    from yolo_taskvec.data import image_files, load_data
+
+    info = load_data(str(yaml), split=split)
+    images = sorted(str(p.absolute()) for p in image_files(str(yaml), split))  # not resolved: labels sit beside the link
+    if n > len(images):
+        sys.exit(f"{yaml} has {len(images)} {split} images; a calibration split of {n} is not possible.")
+    chosen = sorted(random.Random(seed).sample(images, n))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = name or f"{Path(yaml).stem}-calib"
+    listing = write_text_atomic(out / f"{name}.txt", "\n".join(chosen) + "\n")
+    names = info["names"]
+    lines = [
+        f"# {n} {split} images of {Path(yaml).name}, seed {seed} (calibration split: select here, report on val)",
+        f"path: {out}",
+        f"train: {listing}",
+        f"val: {listing}",
+        "names:",
+        *(f"  {i}: {names[i]}" for i in sorted(names)),
+    ]
+    return write_text_atomic(out / f"{name}.yaml", "\n".join(lines) + "\n")

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from .atomic import write_text_atomic
+from .bootstrap import ImageStats
 from .checkpoint import LoadedModel, ModelLike, load_model
 from .data import dataset_name, image_files, load_data, patched
 from .errors import DataError, TaskVecError
@@ -336,7 +337,9 @@ class Evaluator:
     threads for CPU inference, all logical CPUs by default (Ultralytics' ``select_device`` sets cores − 1 to leave one
     for training dataloaders; batches here are decoded up front, so inference may use every core). The process's
     thread setting is restored after each pass. Ultralytics' NMS time limit is lifted while scoring
-    (``no_nms_time_limit``), so metrics do not depend on the machine's load.
+    (``no_nms_time_limit``), so metrics do not depend on the machine's load. ``per_image=True`` keeps Ultralytics'
+    per-image matching statistics of the latest model scored on each dataset in ``image_stats[dataset]``
+    (``yolo_taskvec.bootstrap.ImageStats``: bootstrap intervals over the val images).
     """
 
     def __init__(
@@ -355,6 +358,7 @@ class Evaluator:
         progress: bool = True,
         as_saved: bool = True,
         threads: int | None = None,
+        per_image: bool = False,
     ) -> None:
         from ultralytics.utils.torch_utils import select_device
 
@@ -381,6 +385,8 @@ class Evaluator:
         self.passes: dict[tuple, _Pass] = {}
         self.templates: dict[tuple, FusedTemplate] = {}
         self.timings: dict[str, float] = defaultdict(float)
+        self.per_image = bool(per_image)
+        self.image_stats: dict[str, ImageStats] = {}  # per_image: the latest model's statistics per dataset
         self._save_dir = tempfile.TemporaryDirectory(prefix="yolo-taskvec-val-")
 
     def _dataset(self, yaml: str) -> _Dataset:
@@ -510,6 +516,8 @@ class Evaluator:
                     v.update_metrics(preds, batch)
                 if collector is not None:
                     collector.add(v, raw, preds, batch)
+            if self.per_image:  # read before get_stats clears them
+                self.image_stats[dataset.name] = ImageStats.from_metrics(v.metrics.stats, [f for b in p.batches for f in b["im_file"]])
             with _timer(self.device) as t:
                 stats = v.get_stats()
                 v.finalize_metrics()
@@ -585,6 +593,7 @@ class Results:
     """Rows of ``{"model", "dataset", metric: value, ...}`` with table, CSV/JSON export and ``best``."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
+    images: dict[tuple[str, str], ImageStats] = field(default_factory=dict, repr=False)  # (model, dataset): per_image=True
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -700,7 +709,9 @@ def training_imgsz(model: ModelLike) -> int:
 def evaluate(models: Mapping[str, ModelLike] | Sequence[ModelLike] | ModelLike, data: str | os.PathLike | Sequence[str | os.PathLike], **evaluator_kwargs: Any) -> Results:
     """Score every model on every dataset (one ``Evaluator``: validators and batches built once) → ``Results``.
 
-    Without ``imgsz``, the first model's training image size is used, as ``YOLO(path).val()`` does.
+    Without ``imgsz``, the first model's training image size is used, as ``YOLO(path).val()`` does. With
+    ``per_image=True`` the results keep each (model, dataset)'s per-image statistics in ``Results.images``
+    (``yolo_taskvec.bootstrap``: intervals over the val images).
     """
     from .checkpoint import resolve_weights
 
@@ -711,8 +722,10 @@ def evaluate(models: Mapping[str, ModelLike] | Sequence[ModelLike] | ModelLike, 
     if evaluator_kwargs.get("imgsz") is None and named:  # as YOLO(path).val(): the model's training size
         evaluator_kwargs["imgsz"] = training_imgsz(next(iter(named.values())))
     evaluator = Evaluator(data, **evaluator_kwargs)
-    rows = []
+    rows, images = [], {}
     for name, model in named.items():
         for dataset, values in evaluator(model).items():
             rows.append({"model": name, "dataset": dataset, **values})
-    return Results(rows)
+            if evaluator.per_image:
+                images[(name, dataset)] = evaluator.image_stats[dataset]
+    return Results(rows, images)

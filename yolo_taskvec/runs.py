@@ -677,11 +677,14 @@ class RunResult:
         """The sweep figure (metric vs scale, heatmaps, Pareto front) or the search/soup trace."""
         from .plots import plot_search, plot_sweep
 
+        c = self.context
+        context = {"base": c.get("base"), "inputs": c.get("inputs"), "method": c.get("method"), "imgsz": c.get("imgsz"),
+                   "chosen on": self.selected_on if self.choice != "objective" else "the reported data", "reported on": c.get("split", "val")}
         if self.kind == "sweep":
             return plot_sweep(self.rows, list(self.axes), self.datasets, self.metric, path, references=self.references, reference_for=self.reference_for,
-                              objective_label=self.objective_label, choice=self.choice, context=self.context)
-        title = "greedy soup" if self.kind == "soup" else f"{self.context.get('strategy', '')} search ({self.context.get('backend', 'local')}): {', '.join(self.axes)}"
-        return plot_search(self.rows, path, objective_label=self.objective_label, title=title, axes=[] if self.kind == "soup" else list(self.axes), choice=self.choice, context=self.context)
+                              objective_label=self.objective_label, choice=self.choice, context=context)
+        title = "greedy soup" if self.kind == "soup" else f"{c.get('strategy', '')} search ({c.get('backend', 'local')}): {', '.join(self.axes)}"
+        return plot_search(self.rows, path, objective_label=self.objective_label, title=title, axes=[] if self.kind == "soup" else list(self.axes), choice=self.choice, context=context)
 
 
 # ----------------------------------------------------------------------------------------------- run set-up
@@ -748,7 +751,8 @@ class Run:
 
     def context(self) -> dict[str, Any]:
         """What the run merged and at which image size (for plot titles and cards)."""
-        return {"base": self.prepared.base.name, "inputs": list(self.prepared.names), "imgsz": self.imgsz, "data": list(self.scoring.data), "method": self.recipe.method}
+        return {"base": self.prepared.base.name, "inputs": list(self.prepared.names), "imgsz": self.imgsz, "data": list(self.scoring.data), "method": self.recipe.method,
+                "split": self.scoring.split}
 
     @property
     def imgsz(self) -> int:
