@@ -26,14 +26,17 @@ def test_demo_runs_the_day_night_story_from_ultralytics_settings(tmp_path, capsy
     assert float(half["fruit80/map50_95"]) == pytest.approx(0.426, abs=0.01)  # the reference merge (SOURCES.md)
     assert float(half["fruit80-night/map50_95"]) == pytest.approx(0.443, abs=0.01)
     assert float(rows[0]["fruit80/norm"]) == pytest.approx(1.0) and float(rows[2]["fruit80-night/norm"]) == pytest.approx(1.0)
-    assert "best α = 0.5: fruit80 0.4" in printed and "* " in printed
+    assert "chosen α = 0.5, reported on val: fruit80 0.4" in printed and "* " in printed
+    assert "chosen on a seeded 20% of each dataset's train images" in printed and "95 % bootstrap intervals over val images" in printed
+    assert float(half["fruit80.select/map50_95"]) != float(half["fruit80/map50_95"])  # α is chosen on other images than those reported
 
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG" and (out / "night.safetensors").stat().st_size > 1e6
     from ultralytics import YOLO
 
     merged = YOLO(out / "merged.pt")
     ckpt = torch.load(out / "merged.pt", weights_only=False)
-    assert ckpt["taskvec"]["scale"] == 0.5 and ckpt["ema"] is None
+    assert ckpt["taskvec"]["recipe"]["scale"] == 0.5 and ckpt["ema"] is None and ckpt["taskvec"]["selection"]["point"] == {"scale": 0.5}
+    assert (out / "merged.recipe.yaml").is_file() and "Chosen by a sweep" in (out / "merged.md").read_text()
     from yolo_taskvec import TaskVector
 
     expected = TaskVector.load(out / "night.safetensors").apply(base_pt, 0.5).model.state_dict()

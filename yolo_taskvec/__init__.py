@@ -6,6 +6,7 @@ from .version import __version__
 from . import compress  # noqa: F401  (registers the compact encodings with files.DECODERS)
 from .api import TaskVector, merge, save
 from .bn import POLICIES as BN_POLICIES
+from .bootstrap import ImageStats, Interval, bootstrap, difference, interval
 from .checkpoint import load_model
 from .coco import export_coco
 from .data import resolve_yaml
@@ -23,6 +24,8 @@ from .sweep import sweep
 __all__ = [
     "BN_POLICIES",
     "Evaluator",
+    "ImageStats",
+    "Interval",
     "Objective",
     "Recipe",
     "RecipeError",
@@ -32,9 +35,12 @@ __all__ = [
     "TaskVecError",
     "TaskVector",
     "__version__",
+    "bootstrap",
+    "difference",
     "evaluate",
     "export_coco",
     "greedy_soup",
+    "interval",
     "load_model",
     "merge",
     "method_names",

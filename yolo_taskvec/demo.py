@@ -164,9 +164,11 @@ def run_demo(
     merged = save(result.best_model(), folder / "merged.pt", inputs=[inputs["base"], inputs["tuned"]])
     best = result.best
     alpha = best["scale"]
+    ci = result.intervals()
     echo(
-        f"\nchosen α = {alpha:g}, reported on val: {day_name} {best[f'{day_name}/map50_95']:.3f} ({best[f'{day_name}/norm']:.1%} of the base), "
-        f"{night_name} {best[f'{night_name}/map50_95']:.3f} ({best[f'{night_name}/norm']:.1%} of the fine-tune)\n"
+        f"\nchosen α = {alpha:g}, reported on val: {day_name} {ci[day_name].format()} ({best[f'{day_name}/norm']:.1%} of the base), "
+        f"{night_name} {ci[night_name].format()} ({best[f'{night_name}/norm']:.1%} of the fine-tune); "
+        f"mean normalized {ci['objective'].format()} [95 % bootstrap intervals over val images]\n"
         f"plot   {result.files.get('png')}\nmerged {merged}  (yolo val model={merged} data={inputs['night']} imgsz={imgsz})\n"
         f"recipe {merged.with_name('merged.recipe.yaml')}, model card {merged.with_name('merged.md')}"
     )

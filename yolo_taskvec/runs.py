@@ -673,6 +673,39 @@ class RunResult:
             raise TaskVecError("this result has no models attached.")
         return self.scorer.model(self.best_point, selection=self.selection())
 
+    def intervals(self, *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+        """Bootstrap intervals (resampling each report dataset's val images) of the chosen candidate: its metric per
+        dataset, and its reported objective (normalized by the references on the same resampled images, paired).
+
+        Scores the chosen merge and the references again with per-image statistics; ``{dataset: Interval,
+        "objective": Interval}``.
+        """
+        from .bootstrap import bootstrap, interval
+        from .evaluation import Evaluator
+
+        if self.scorer is None or not self.scorer.scoring.data:
+            raise TaskVecError("intervals need the run's datasets and models (a run with data= and the built-in evaluator).")
+        scoring, base = self.scorer.scoring, self.scorer.prepared.base
+        imgsz = scoring.imgsz or int(base.train_args.get("imgsz") or 640)
+        ev = Evaluator(list(scoring.data), split=scoring.split, per_image=True, **scoring.evaluator_kwargs(imgsz))
+        ev(self.best_model())
+        samples = {("chosen", ds): ev.image_stats[ds] for ds in self.datasets}
+        for label in dict.fromkeys(self.reference_for.values()):
+            source = next(s for ds, s in reference_sources(scoring.reference, self.datasets).items() if self.reference_for[ds] == label)
+            ev(reference_model(source, base))
+            samples.update({(label, ds): ev.image_stats[ds] for ds, lab in self.reference_for.items() if lab == label})
+        objective = self.scorer.report
+
+        def reported(scores: Mapping[Any, Mapping[str, float]]) -> float:
+            metrics = {ds: scores[("chosen", ds)] for ds in self.datasets}
+            refs = {ds: scores[(self.reference_for[ds], ds)] for ds in self.reference_for}
+            return Objective(objective.metric, refs or None, objective.reduce)(metrics)
+
+        kw = {"resamples": resamples, "confidence": confidence, "seed": seed}
+        out: dict[str, Any] = {ds: interval(samples[("chosen", ds)], self.metric, **kw) for ds in self.datasets}
+        out["objective"] = bootstrap(samples, reported, **kw)
+        return out
+
     def plot(self, path: str | os.PathLike) -> Path:
         """The sweep figure (metric vs scale, heatmaps, Pareto front) or the search/soup trace."""
         from .plots import plot_search, plot_sweep
