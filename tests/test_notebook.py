@@ -48,7 +48,7 @@ def test_executed_copy_is_the_same_notebook_with_outputs():
     images = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2 and all(len(i) < 500_000 for i in images)  # the sweep's figure and the predictions, small
     text = "\n".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "chosen on the calibration split: α = " in text and "on val:" in text
+    assert "chosen on the selection split: α = " in text and "on val:" in text
 
 
 @pytest.fixture()
@@ -68,16 +68,16 @@ def test_notebook_executes_headless(tmp_path, kernel_name):
     weight("yolo26n-base80.pt"), weight("yolo26n-fruit-night.pt")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    overrides = f'SCALES = [0, 0.5, 1]\nCALIB_IMAGES = 16\nIMGSZ = 320\nOUT = {str(tmp_path / "nb")!r}'
+    overrides = f'SCALES = [0, 0.5, 1]\nSELECT = "train:0.1"\nIMGSZ = 320\nOUT = {str(tmp_path / "nb")!r}'
     nb.cells.insert(index + 1, nbformat.v4.new_code_cell(overrides, metadata={"tags": ["injected-parameters"]}))
     NotebookClient(nb, kernel_name=kernel_name, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
 
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream")
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # the sweep's own figure and the three predictions, shown inline
-    assert "calibration: 16 train images of each dataset" in text and "fruit80-night-calib/map50_95" in text  # chosen off val
-    best = re.search(r"^best: scale=([\d.]+)", text, flags=re.M).group(1)
-    assert f"chosen on the calibration split: α = {best}\n" in text  # the α used is the calibration sweep's best
+    assert "chosen on a seeded 10% of each dataset's train images" in text and "fruit80-night.select/map50_95" in text  # chosen off val
+    best = re.search(r"^chosen on [^\n]*: scale=([\d.]+) -> selection", text, flags=re.M).group(1)
+    assert f"chosen on the selection split: α = {best}\n" in text  # the α used is the one the selection split chose
     assert re.search(rf"^merged \(α = {best}\)\s+fruit80-night\s+0\.\d+", text, flags=re.M)  # reported on val
     assert (tmp_path / "nb" / "merged.pt").exists() and (tmp_path / "nb" / "sweep.png").exists()
     line = next(x for x in text.splitlines() if x.startswith("YOLO('merged.pt').val on fruit80-night"))

@@ -77,6 +77,27 @@ def _yaml(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+MIN_SELECT_TRAIN = 50  # train images a dataset needs for a selection split (20 % of them: at least 10 images)
+
+
+def _selectable(select: Any, yamls: list[str], echo: Callable[[str], Any]) -> Any:
+    """``select``, or None when a dataset has too few train images to choose α on (the output then says so)."""
+    from .data import image_files
+    from .errors import DataError
+
+    if not str(select).startswith("train:"):
+        return select
+    for yaml in yamls:
+        try:
+            n = len(image_files(yaml, "train"))
+        except DataError:
+            n = 0
+        if n < MIN_SELECT_TRAIN:
+            echo(f"note: {yaml} has {n} train images, too few for a selection split: α is chosen on the reported val data.")
+            return None
+    return select
+
+
 def find_inputs(base: Any = None, tuned: Any = None, day: Any = None, night: Any = None) -> dict[str, str]:
     """The demo's four inputs: the given ones, else the first default found through Ultralytics' settings."""
     from ultralytics.utils import SETTINGS, SETTINGS_FILE
@@ -139,6 +160,7 @@ def run_demo(
     b, t = load_model(inputs["base"]), load_model(inputs["tuned"])
     for key in ("day", "night"):
         load_data(inputs[key])
+    select = select if select is None else _selectable(select, [inputs["day"], inputs["night"]], echo)
     echo(f"base  {inputs['base']}\ntuned {inputs['tuned']}\nday   {inputs['day']}\nnight {inputs['night']}\nout   {folder}\n")
 
     tv = TaskVector.from_models(b, t, name="night")

@@ -220,6 +220,7 @@ def save_model(model: Any, path: str | os.PathLike, *, inputs: Iterable[str | os
         raise OutputError("the model's taskvec provenance is not a mapping; it was not made by yolo-taskvec.")
     inputs = [*inputs, *provenance.get("inputs", [])]
     path = Path(path)
+    check_output(path, inputs)
     if provenance.get("recipe") and companions:
         for companion in (path.with_name(path.stem + ".recipe.yaml"), path.with_name(path.stem + ".md")):
             check_output(companion, inputs)  # before the checkpoint is written: all three or none
