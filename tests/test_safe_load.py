@@ -185,7 +185,7 @@ def _with_yaml(src: Path, dst: Path, change) -> Path:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (lambda y: y.update(activation="__import__('os').system('touch {marker}')"), r"has activation .* not a plain nn\.<Class>\(literals\) call"),
+        (lambda y: y.update(activation="__import__('os').system('touch {marker}')"), r"has activation .*; only .* as nn\.<Name>\(numbers\) are accepted"),
         (lambda y: y["backbone"][0].__setitem__(2, "torch_safe_load"), r"names 'torch_safe_load', which is not a known model layer"),
         (lambda y: y["backbone"][0].__setitem__(2, "DetectionModel"), r"names 'DetectionModel', which is not a known model layer"),
         (lambda y: y["backbone"][0].__setitem__(2, "TorchVision"), r"uses TorchVision, which downloads weights when built"),

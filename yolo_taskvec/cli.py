@@ -7,9 +7,13 @@ with no traceback and no output file left behind.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,15 +36,23 @@ def _list(value: str) -> list[str]:
 
 
 def _float(value: str) -> float:
+    """A decimal number as written (``0.5``, ``1e-3``, ``nan`` and ``inf`` pass to the range checks that name them);
+    Python's ``1_0`` and non-ASCII digits are refused."""
+    text = str(value).strip()
     try:
-        return float(value)
+        if "_" in text or not text.isascii():
+            raise ValueError(text)
+        return float(text)
     except ValueError as e:
         raise UsageError(f"'{value}' is not a number.") from e
 
 
 def _int(value: str) -> int:
+    text = str(value).strip()
     try:
-        return int(value)
+        if "_" in text or not text.isascii():
+            raise ValueError(text)
+        return int(text)
     except ValueError as e:
         raise UsageError(f"'{value}' is not an integer.") from e
 
@@ -69,6 +81,14 @@ def _scale(value: str) -> float | dict[str, float]:
 
 def _floats(value: str) -> list[float]:
     return [_float(v) for v in _list(value)]
+
+
+def _weights(value: str) -> list[float]:
+    """Per-model weights; all zero would save the base unchanged as a "merge", so it is refused."""
+    weights = _floats(value)
+    if all(w == 0 for w in weights):
+        raise UsageError("all weights are zero, so the merge would be the base unchanged; give at least one non-zero weight.")
+    return weights
 
 
 def _str(value: str) -> str:
@@ -102,7 +122,7 @@ ARGS: dict[str, Arg] = {
     "calib_batches": Arg(16, _int, "compress: batches of 16 images used by calib="),
     "calib_mode": Arg("shift", _str, "compress: calib= statistics: shift (move the fine-tune's by the approximation's effect) or replace"),
     "scale": Arg(1.0, _scale, "float, or per part like backbone:0.3,neck:0.5,head:1"),
-    "weights": Arg(None, _floats, "per-model weights, comma-separated"),
+    "weights": Arg(None, _weights, "per-model weights, comma-separated"),
     "method": Arg("task_arithmetic", _str, "merge method (yolo-taskvec help shows them)"),
     "bn": Arg("merge", _str, "BatchNorm policy: merge, geometric, base, recalibrate"),
     "bn_data": Arg(None, _list, "dataset yamls whose train images recalibrate BatchNorm (bn=recalibrate)"),
@@ -153,8 +173,14 @@ def mode(name: str, args: Sequence[str], help: str, *, extra: bool = False) -> C
 
 
 # ----------------------------------------------------------------------------------------------- parsing
+GLOBAL_ARGS: dict[str, Arg] = {
+    "trust": Arg(False, _bool, "unpickle .pt files without restriction for this run (only for files you trust; same as YOLO_TASKVEC_TRUST=1)"),
+}
+
+
 def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """``(mode, typed args, extra raw args)``; raises UsageError with the closest names on a typo."""
+    """``(mode, typed args, extra raw args)``; raises UsageError with the closest names on a typo or a key given
+    twice. ``GLOBAL_ARGS`` (``trust=``) are accepted by every mode and returned among the typed args."""
     from ultralytics.cfg import merge_equals_args
 
     if not argv:
@@ -174,12 +200,21 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str]]:
         raise UsageError(str(e)) from e
     typed: dict[str, Any] = {}
     extra: dict[str, str] = {}
+    seen: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip().lstrip("-")
         if not sep or not value.strip():
             raise UsageError(f"argument '{pair}' is not key=value.")
-        if key in allowed:
+        if key in seen:
+            raise UsageError(f"argument {key}= is given twice ({seen[key]} and {value.strip()}); give it once.")
+        seen[key] = value.strip()
+        if key in GLOBAL_ARGS:
+            try:
+                typed[key] = GLOBAL_ARGS[key].parse(value.strip())
+            except UsageError as e:
+                raise UsageError(f"{key}: {e}") from e
+        elif key in allowed:
             typed[key] = _parse_value(key, value.strip())
         elif "*" in allowed and key not in ARGS:
             extra[key] = value.strip()
@@ -497,19 +532,51 @@ def run_version(args: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- entry
+class Terminated(BaseException):
+    """SIGTERM during a command: unwinds like Ctrl-C, so every temporary output is removed on the way out."""
+
+
+@contextlib.contextmanager
+def _run_context(trust: bool | None) -> Iterator[None]:
+    """For one command: ``trust=`` as ``YOLO_TASKVEC_TRUST``, and SIGTERM raising ``Terminated`` (main thread)."""
+    from .checkpoint import TRUST_ENV
+
+    saved_env = os.environ.get(TRUST_ENV)
+    if trust is not None:
+        os.environ[TRUST_ENV] = "1" if trust else "0"
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+
+        def terminate(signum: int, frame: Any) -> None:
+            raise Terminated
+
+        handler = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+        if trust is not None:
+            os.environ.pop(TRUST_ENV, None) if saved_env is None else os.environ.__setitem__(TRUST_ENV, saved_env)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit code (0, or 2 for bad input)."""
+    """Run one command; returns the exit code (0, 2 for bad input, 130/143 when interrupted/terminated)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         name, args, extra = parse(argv)
         fn = MODES[name][0]
-        fn(args, extra) if "*" in MODES[name][1] else fn(args)
+        with _run_context(args.pop("trust", None)):
+            fn(args, extra) if "*" in MODES[name][1] else fn(args)
     except TaskVecError as e:
         print(f"yolo-taskvec: error: {e}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
-        print("yolo-taskvec: interrupted", file=sys.stderr)
+        print("yolo-taskvec: interrupted; nothing was saved by the step that was running", file=sys.stderr)
         return 130
+    except Terminated:
+        print("yolo-taskvec: terminated; nothing was saved by the step that was running", file=sys.stderr)
+        return 143
     return 0
 
 
