@@ -35,7 +35,7 @@ from .atomic import atomic_output
 from .errors import CheckpointError, MismatchError, OutputError, TaskVecError
 from .limits import MAX_MODEL_VALUES, MAX_TENSOR_VALUES, check_allocation
 from .parts import Layout
-from .schema import check_arch_yaml, parse_activation
+from .schema import check_arch_yaml, check_names, parse_activation
 from .taskvector import fingerprint
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
@@ -430,6 +430,9 @@ def _from_checkpoint(path: Path, trust: bool | None) -> LoadedModel:
     if not hasattr(candidate, "yaml"):
         raise CheckpointError(f"{path} holds a {type(candidate).__name__}, not an Ultralytics YOLO model (no yaml).")
     check_model_yaml(candidate.yaml, str(path))  # later rebuilds (a carried head, convert) start from this yaml
+    names = getattr(candidate, "names", None)
+    if names is not None:  # printed in tables and stored in vectors: printable text only
+        check_names(dict(enumerate(names)) if isinstance(names, (list, tuple)) else names, str(path), CheckpointError)
     check_tensor_sizes(candidate.state_dict(), str(path))
     module = candidate.float().eval()
     train_args = ckpt.get("train_args") or {}
@@ -475,6 +478,23 @@ def load_model(source: ModelLike, *, trust: bool | None = None) -> LoadedModel:
     ckpt = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizer")}
     copied = copy.deepcopy(module).float().eval()
     return _check_unfused(LoadedModel(copied, str(label), ckpt, None))
+
+
+def check_vector_base(base: LoadedModel, meta: Mapping[str, Any], force: bool = False) -> None:
+    """Refuse a task vector whose recorded base is not ``base``, or that records no base at all, unless ``force``.
+
+    Every vector ``from_models`` extracts records the base's fingerprint; a file without one was written by hand or
+    had it removed, and applying it to an arbitrary base would be silent nonsense."""
+    if force:
+        return
+    name = str(meta.get("name", "?"))
+    recorded = meta.get("base_fingerprint")
+    if not recorded:
+        raise MismatchError(f"task vector '{name}' records no base fingerprint, so it cannot be checked against the base {base.name}; pass force=True to apply it anyway.")
+    if recorded != base.fingerprint:
+        raise MismatchError(
+            f"task vector '{name}' was extracted from a different base (fingerprint {str(recorded)[:12]}, this base {base.fingerprint[:12]}); pass force=True to apply it anyway."
+        )
 
 
 def check_same_architecture(base: LoadedModel, other: LoadedModel) -> None:
