@@ -35,7 +35,7 @@ from .atomic import atomic_output
 from .errors import CheckpointError, MismatchError, OutputError, TaskVecError
 from .limits import MAX_MODEL_VALUES, MAX_TENSOR_VALUES, check_allocation
 from .parts import Layout
-from .schema import check_arch_yaml, check_names, parse_activation
+from .schema import check_arch_yaml, check_names, parse_activation, register_layer_check
 from .taskvector import fingerprint
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
@@ -511,13 +511,19 @@ def _arch(yaml: Mapping) -> str:
     return f"{Path(str(yaml.get('yaml_file', 'model'))).stem} scale {yaml.get('scale', '?')}"
 
 
-def build_module(base: LoadedModel, state: Mapping[str, torch.Tensor], *, target_yaml: Mapping | None = None, names: Mapping[int, str] | None = None) -> torch.nn.Module:
-    """A new fp32 module with ``state`` loaded: the base's architecture, or ``target_yaml`` when it differs."""
+def build_module(base: LoadedModel, state: Mapping[str, torch.Tensor], *, target_yaml: Mapping | None = None, names: Mapping[int, str] | None = None, device: str | torch.device | None = None) -> torch.nn.Module:
+    """A new fp32 module with ``state`` loaded: the base's architecture, or ``target_yaml`` when it differs (validated
+    and sized before anything is built, see ``build_from_yaml``).
+
+    ``device``: where the module is put before the state is copied in (a state merged on a GPU stays there).
+    """
     if target_yaml is None or dict(target_yaml) == dict(base.yaml):
         module = copy.deepcopy(base.module)
     else:
         module = build_from_yaml(target_yaml, "the target architecture of the task vector", {k: tuple(v.shape) for k, v in state.items()}, MismatchError)
         module.args = dict(base.module.args)
+    if device is not None:
+        module.to(device)
     missing, unexpected = _load_state(module, state)
     if missing or unexpected:
         key = (missing or unexpected)[0]
@@ -539,6 +545,9 @@ def ultralytics_layer(name: str) -> bool:
         return name[3:] in TORCH_LAYERS
     obj = vars(tasks).get(name)
     return isinstance(obj, type) and issubclass(obj, torch.nn.Module) and obj.__module__.startswith("ultralytics.nn.modules") and name not in FETCHING_LAYERS
+
+
+register_layer_check(ultralytics_layer)  # vector files checked in the core use the same layer set
 
 
 def check_model_yaml(yaml: Any, where: str, error: type[TaskVecError] = CheckpointError) -> dict[str, Any]:

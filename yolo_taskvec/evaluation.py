@@ -98,7 +98,7 @@ def check_finite(state: Mapping[str, torch.Tensor], label: str) -> None:
     """Refuse a model with NaN or Inf weights: it would score 0.000 without a word."""
     bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
-        raise TaskVecError(f"{label} holds NaN or Inf values in {len(bad)} tensors (e.g. {bad[0]}); it cannot be scored.")
+        raise TaskVecError(f"model {label} holds NaN or Inf values in {len(bad)} tensors (e.g. {bad[0]}); it cannot be scored.")
 
 
 # ----------------------------------------------------------------------------------------------- helpers

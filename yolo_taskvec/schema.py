@@ -46,6 +46,14 @@ _LAYER_NAME = re.compile(r"(nn\.)?[A-Za-z_][A-Za-z0-9_]{0,63}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 Error = type[TaskVecError]
+_LAYER_CHECKS: list[Callable[[str], bool]] = []  # registered by the adapter (``checkpoint``): Ultralytics' layer set
+
+
+def register_layer_check(is_layer: Callable[[str], bool]) -> None:
+    """Make every yaml check also require layer names for which ``is_layer`` holds (the adapter registers
+    Ultralytics' layer set at import, so the core stays free of Ultralytics)."""
+    if is_layer not in _LAYER_CHECKS:
+        _LAYER_CHECKS.append(is_layer)
 
 
 # ----------------------------------------------------------------------------------------------- text
@@ -128,8 +136,8 @@ def _number_literal(node: ast.AST) -> Any:
 
 # ----------------------------------------------------------------------------------------------- architecture yaml
 def check_arch_yaml(yaml: Any, where: str, error: Error = TaskVecError, *, is_layer: Callable[[str], bool] | None = None) -> dict[str, Any]:
-    """Validate an architecture yaml read from a file; returns it unchanged. ``is_layer``: the adapter's test that a
-    layer name is a known Ultralytics layer (without it, names are only checked to look like one)."""
+    """Validate an architecture yaml read from a file; returns it unchanged. ``is_layer``: the test that a layer name
+    is a known Ultralytics layer (default: the registered ones, see ``register_layer_check``)."""
     if not isinstance(yaml, Mapping):
         raise error(f"{where}: its model yaml is a {type(yaml).__name__}, not a mapping.")
     if len(yaml) > MAX_KEYS or not all(isinstance(k, str) for k in yaml):
@@ -157,7 +165,8 @@ def _check_layer(layer: Any, index: int, where: str, error: Error, is_layer: Cal
         raise error(f"{where}: layer {index} of its model yaml takes input from {str(source)[:40]}, not from an earlier layer.")
     if not (_is_int(repeats) and 1 <= repeats <= MAX_REPEATS):
         raise error(f"{where}: layer {index} of its model yaml repeats {str(repeats)[:20]} times (1 to {MAX_REPEATS}).")
-    if not (isinstance(name, str) and _LAYER_NAME.fullmatch(name)) or is_layer is not None and not is_layer(name):
+    checks = [is_layer] if is_layer is not None else _LAYER_CHECKS
+    if not (isinstance(name, str) and _LAYER_NAME.fullmatch(name)) or not all(check(name) for check in checks):
         raise error(f"{where}: its model yaml names {str(name)[:40]!r}, which is not a known model layer.")
     if not isinstance(args, list) or len(args) > MAX_ARGS:
         raise error(f"{where}: layer {index} of its model yaml has malformed arguments.")
