@@ -95,7 +95,7 @@ def read_labels(data: str | os.PathLike, split: str = "val") -> tuple[list[Label
     names = {int(k): str(v) for k, v in info["names"].items()}
     files = image_files(data, split)
     records = []
-    for file, label in zip(files, img2label_paths(files)):
+    for file, label in zip(files, img2label_paths([str(f) for f in files])):
         cls, boxes, segments = read_label_file(Path(label), len(names))
         h, w = _image_size(file)
         records.append(LabelRecord(file, h, w, cls, boxes, segments))

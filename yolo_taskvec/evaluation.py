@@ -306,7 +306,7 @@ def has_segments(data: str | os.PathLike, split: str = "val") -> bool:
     """True when a split's label files hold polygons (segment data), False for box labels."""
     from ultralytics.data.utils import img2label_paths
 
-    for label in img2label_paths(image_files(data, split)):
+    for label in img2label_paths([str(f) for f in image_files(data, split)]):
         if os.path.isfile(label):
             with open(label, encoding="utf-8-sig") as f:
                 for line in f:

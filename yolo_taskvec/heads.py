@@ -543,7 +543,7 @@ def _build_view(out: Path, stem: str, info: Mapping[str, Any], splits: Sequence[
                 link = tmp / "images" / split / rel
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(image.resolve())
-                source = Path(img2label_paths([image])[0])
+                source = Path(img2label_paths([str(image)])[0])
                 if source.exists():
                     label = (tmp / "labels" / split / rel).with_suffix(".txt")
                     label.parent.mkdir(parents=True, exist_ok=True)
