@@ -221,11 +221,11 @@ def _deliver(received: list[int], path: Path) -> None:
 def atomic_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *, exist_ok: bool = True, protect: Iterable[str | os.PathLike] = (), verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it replaces ``path`` in one step.
 
-    ``verify(tmp)`` checks the finished temporary file before it is committed (ValueError with a reason refuses it). On any error the
-    temporary file is removed and ``path`` is left as it was (absent or the previous file); file-system failures
-    (disk full, permissions) become one-sentence ``OutputError``s. SIGINT/SIGTERM during the write are held and
-    delivered after the temporary file is removed, before anything is committed. A writer killed mid-write
-    (SIGKILL) leaves only its temporary file, which the next write of the same path removes.
+    ``verify(tmp)`` checks the finished temporary file before it is committed (a ValueError with the reason refuses
+    it). On any error the temporary file is removed and ``path`` is left as it was (absent or the previous file);
+    file-system failures (disk full, permissions) become one-sentence ``OutputError``s. SIGINT/SIGTERM during the
+    write are held and delivered after the temporary file is removed, before anything is committed. A writer killed
+    mid-write (SIGKILL) leaves only its temporary file, which the next write of the same path removes.
     """
     path = check_output(path, inputs, exist_ok=exist_ok, protect=protect)
     folder = path.resolve().parent
@@ -236,32 +236,35 @@ def atomic_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] =
         raise output_error(path, e) from e
     os.close(fd)
     tmp = Path(tmp)
-    with held_signals() as received:
-        try:
-            yield tmp
-            if not received and verify is not None:
-                try:
-                    verify(tmp)
-                except ValueError as e:
-                    raise OutputError(f"the file written for {path} failed verification ({e}); nothing was written and any previous file is unchanged.") from e
-            if not received:
-                os.chmod(tmp, _file_mode(folder / path.name))
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-            if not received:
-                os.replace(tmp, path)
-                _fsync_dir(folder)
-        except BaseException as e:
-            tmp.unlink(missing_ok=True)
-            mapped = output_error(path, e) if isinstance(e, Exception) and not isinstance(e, OutputError) else None
-            if mapped is not None:
-                raise mapped from e
-            raise
-        finally:
-            if received:
+    received: list[int] = []
+    try:
+        with held_signals() as received:
+            try:
+                yield tmp
+                if not received and verify is not None:
+                    try:
+                        verify(tmp)
+                    except ValueError as e:
+                        raise OutputError(f"the file written for {path} failed verification ({e}); nothing was written and any previous file is unchanged.") from e
+                if not received:
+                    os.chmod(tmp, _file_mode(folder / path.name))
+                    with open(tmp, "rb+") as f:
+                        os.fsync(f.fileno())
+                if not received:
+                    os.replace(tmp, path)
+                    _fsync_dir(folder)
+            except BaseException as e:
                 tmp.unlink(missing_ok=True)
-    if received:
-        _deliver(received, path)
+                mapped = output_error(path, e) if isinstance(e, Exception) and not isinstance(e, OutputError) else None
+                if mapped is not None:
+                    raise mapped from e
+                raise
+            finally:
+                if received:
+                    tmp.unlink(missing_ok=True)
+    finally:
+        if received:  # after the handlers are restored; a held Ctrl-C wins over an error of the same write
+            _deliver(received, path)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, inputs: Iterable[str | os.PathLike] = (), *, exist_ok: bool = True, protect: Iterable[str | os.PathLike] = ()) -> Path:
