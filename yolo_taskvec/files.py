@@ -76,8 +76,9 @@ def _name(role: str, key: str, field: str) -> str:
     return f"{role}/{key}#{field}" if field else f"{role}/{key}"
 
 
-def save_vector(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32", encoder: Encoder | None = None, extra_meta: Mapping[str, Any] | None = None, inputs: tuple = (), pack: bool = False) -> Path:
-    """Write ``tv`` to a safetensors file atomically. ``encoder`` defaults to dense ``dtype``; ``pack``: format 2."""
+def save_vector(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32", encoder: Encoder | None = None, extra_meta: Mapping[str, Any] | None = None, inputs: tuple = (), pack: bool = False, exist_ok: bool = True) -> Path:
+    """Write ``tv`` to a safetensors file atomically. ``encoder`` defaults to dense ``dtype``; ``pack``: format 2;
+    ``exist_ok=False`` refuses to replace an existing file (``atomic.check_output``)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -104,9 +105,25 @@ def save_vector(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32",
         tensors, index = packing.pack(tensors, encodings)
         metadata = {"format": FORMAT, "format_version": str(packing.VERSION), "meta": json.dumps(meta), packing.INDEX: index}
     metadata[CHECKSUM] = content_digest(metadata, tensors)
-    with atomic_output(path, inputs) as tmp:
+    with atomic_output(path, inputs, exist_ok=exist_ok, verify=_verify_safetensors) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
+
+
+def _verify_safetensors(path: Path) -> None:
+    """The written file is one complete safetensors file: its header parses and its data ends where the file ends."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 0 < n <= MAX_HEADER_BYTES or 8 + n > size:
+            raise ValueError("its header is incomplete")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise ValueError("its header is not JSON") from e
+    ends = [info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"]
+    if 8 + n + max(ends, default=0) != size:
+        raise ValueError("its data does not end where the file ends")
 
 
 def content_digest(metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> str:
