@@ -476,3 +476,32 @@ def test_full_disk_during_a_large_save(yolo26x, tmp_path):
     assert run.returncode == 2, run.stderr[-2000:]
     assert run.stderr.strip().splitlines() == [f"yolo-taskvec: error: no space left on the device while writing {mount}/m.pt; nothing was written."], run.stderr[-2000:]
     assert listing.read_text().split() == []
+
+
+def test_written_files_are_verified_before_they_replace_anything(tmp_path, base_pt, night_vector):
+    """What a retried or cut write leaves (half an archive, two archives in one file, trailing bytes) fails the
+    verification that runs before the rename, so it can never replace the previous file."""
+    from yolo_taskvec.checkpoint import verify_archive
+    from yolo_taskvec.files import _verify_safetensors
+
+    data = base_pt.read_bytes()
+    vector = night_vector.select(SMALL).save(tmp_path / "v.safetensors").read_bytes()
+    verify_archive(base_pt)
+    _verify_safetensors(tmp_path / "v.safetensors")
+    cases = {
+        "half.pt": (data[: len(data) // 2], verify_archive, "truncated or corrupt"),
+        "twice.pt": (data[: len(data) // 2] + data, verify_archive, "does not start with its first archive member"),
+        "trailing.pt": (data + b"\0" * 100, verify_archive, "does not end with its zip end record"),
+        "half.safetensors": (vector[: len(vector) // 2], _verify_safetensors, "its header is incomplete|does not end where the file ends"),
+        "cut.safetensors": (vector[:-10], _verify_safetensors, "does not end where the file ends"),
+        "trailing.safetensors": (vector + b"\0", _verify_safetensors, "does not end where the file ends"),
+    }
+    for name, (content, verify, reason) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=reason):
+            verify(tmp_path / name)
+    out = tmp_path / "out.pt"
+    out.write_bytes(b"the previous, complete file")
+    with pytest.raises(OutputError, match=r"the file written for .*out\.pt failed verification \(it does not start with its first archive member"), atomic_output(out, verify=verify_archive) as tmp:
+        tmp.write_bytes(data[:1000] + data)
+    assert out.read_bytes() == b"the previous, complete file" and not temporaries(tmp_path)
