@@ -192,8 +192,10 @@ def test_pickle_naming_a_missing_module_never_installs_it(tmp_path):
     (pkg / "evil_pkg_zz.py").write_text("class Thing:\n    pass\n")
     code = "import sys, torch, evil_pkg_zz; torch.save({'model': evil_pkg_zz.Thing()}, sys.argv[1])"
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.pt")], check=True, env={**os.environ, "PYTHONPATH": str(pkg)})
+    with pytest.raises(CheckpointError, match=r"refused to load .*m\.pt: it references evil_pkg_zz\.Thing, outside the torch and Ultralytics classes"):
+        load_model(tmp_path / "m.pt")  # restricted by default: the name alone is refused
     with pytest.raises(CheckpointError, match=r"needs Python module 'evil_pkg_zz', which is not installed \(yolo-taskvec never installs packages"):
-        load_model(tmp_path / "m.pt")
+        load_model(tmp_path / "m.pt", trust=True)
 
 
 # ----------------------------------------------------------------------------------------------- model mismatches

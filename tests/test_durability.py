@@ -177,19 +177,19 @@ def test_concurrent_writers_leave_one_complete_file(tmp_path):
 
 
 DYING_WRITE = """
-import io, os, signal, sys, torch
-real_save = torch.save
+import io, os, signal, sys
+import yolo_taskvec.checkpoint as ck
+real_save = ck._torch_save  # the serializer save_checkpoint writes through
 
 def save_then_die(obj, f, *args, **kwargs):
     buffer = io.BytesIO()
     real_save(obj, buffer, *args, **kwargs)
     data = buffer.getvalue()
-    f.write(data[: len(data) // 2])  # half the checkpoint is on disk ...
+    f.write(data[: len(data) // 2])  # half the checkpoint is written ...
     f.flush()
-    os.fsync(f.fileno())
     os.kill(os.getpid(), signal.SIGKILL)  # ... when the process dies: no cleanup, no finally
 
-torch.save = save_then_die
+ck._torch_save = save_then_die
 from yolo_taskvec.cli import main
 main(sys.argv[1:])
 """
@@ -298,3 +298,212 @@ def test_sweep_killed_mid_run_resumes_without_recomputing(tmp_path, base_pt, nig
     assert result.evaluated == 2 and len(new_rows) == 2 and len(result.rows) == 3
     assert saved["rows"][0]["point"] not in [r["point"] for r in new_rows]
     assert len(json.loads((out / "sweep.json").read_text())["rows"]) == 3
+
+
+# ----------------------------------------------------------------------------------------------- interrupted saves
+INTERRUPTED_SAVES = r"""
+import json, os, resource, signal, sys
+from pathlib import Path
+import yolo_taskvec.checkpoint as ck
+
+class Terminated(BaseException):
+    pass
+
+def on_term(signum, frame):
+    raise Terminated
+
+signal.signal(signal.SIGTERM, on_term)  # as the CLI does: SIGTERM unwinds like Ctrl-C
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+model = ck.load_model(sys.argv[1]).module
+out, size = Path(sys.argv[2]), int(sys.argv[3])
+real_save, real_verify = ck._torch_save, ck.verify_archive
+
+class Tripwire:
+    # the real file underneath; at byte `at` of the archive, `action` runs (a real signal sent to this process)
+    def __init__(self, f, at, action):
+        self.f, self.at, self.action, self.written = f, at, action, 0
+    def write(self, data):
+        n = self.f.write(data)
+        self.written += n
+        if self.action and self.written >= self.at:
+            action, self.action = self.action, None
+            action()
+        return n
+    def flush(self):
+        self.f.flush()
+
+def kill(sig):
+    return lambda: os.kill(os.getpid(), sig)
+
+def limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, resource.RLIM_INFINITY))
+
+POINTS = [
+    ("SIGINT at the first byte", 1, kill(signal.SIGINT)),
+    ("SIGINT after 1 MB", 1 << 20, kill(signal.SIGINT)),
+    ("SIGINT at half the archive", size // 2, kill(signal.SIGINT)),
+    ("SIGTERM at half the archive", size // 2, kill(signal.SIGTERM)),
+    ("SIGINT once the archive is complete", None, kill(signal.SIGINT)),
+    ("file size limit at half the archive", 1, limit_file_size),
+]
+report = []
+for label, at, action in POINTS:
+    ck._torch_save, ck.verify_archive = real_save, real_verify
+    if at is None:  # the last byte is written: the signal arrives while the archive is verified
+        ck.verify_archive = lambda path: (action(), real_verify(path))
+    else:
+        ck._torch_save = lambda obj, f: real_save(obj, Tripwire(f, at, action))
+    try:
+        ck.save_checkpoint(model, out)
+        outcome = "returned"
+    except BaseException as e:
+        outcome = f"{type(e).__name__}: {e}"
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    report.append({"point": label, "outcome": outcome, "previous": out.read_bytes() == b"the previous, complete file", "temporaries": sorted(p.name for p in out.parent.glob("*.tmp"))})
+ck._torch_save, ck.verify_archive = real_save, real_verify
+ck.save_checkpoint(model, out)
+report.append({"point": "uninterrupted", "outcome": "returned", "size": out.stat().st_size, "temporaries": sorted(p.name for p in out.parent.glob("*.tmp"))})
+print(json.dumps(report))
+"""
+
+SLOW_DISK_CLI = r"""
+import sys, time
+import yolo_taskvec.checkpoint as ck
+real_save, half = ck._torch_save, int(sys.argv[1])
+
+class SlowDisk:
+    # a disk that stalls for a few seconds half-way through the archive (the parent signals meanwhile)
+    def __init__(self, f):
+        self.f, self.written, self.stalled = f, 0, False
+    def write(self, data):
+        n = self.f.write(data)
+        self.written += n
+        if not self.stalled and self.written >= half:
+            self.stalled = True
+            self.f.flush()
+            time.sleep(5)
+        return n
+    def flush(self):
+        self.f.flush()
+
+ck._torch_save = lambda obj, f: real_save(obj, SlowDisk(f))
+from yolo_taskvec.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def yolo26x(tmp_path_factory):
+    """A yolo26x-sized checkpoint (59 M values, 119 MB) built offline from Ultralytics' yolo26x.yaml, and a small
+    vector of it; in memory-backed storage where available, so the many 119 MB writes do not wait on the disk."""
+    import tempfile
+
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_taskvec.checkpoint import save_checkpoint
+
+    folder = Path(tempfile.mkdtemp(prefix="yolo-taskvec-x-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    model = DetectionModel("yolo26x.yaml", nc=80, verbose=False)
+    model.names, model.task, model.args = {i: f"class{i}" for i in range(80)}, "detect", {"imgsz": 640}
+    base = save_checkpoint(model, folder / "x.pt")
+    loaded = load_model(base)
+    vector = TaskVector.from_models(loaded, loaded, parts=["model.0.*"]).save(folder / "x0.safetensors")
+    yield {"dir": folder, "base": base, "vector": vector, "size": base.stat().st_size}
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_interrupted_saves_never_lie(yolo26x):
+    """Real signals (SIGINT, SIGTERM) sent at the first byte, after 1 MB, half-way and after the last byte of a
+    yolo26x checkpoint, and a real file-size limit hit half-way: each save raises (never returns), the previous file
+    is intact and no temporary is left; then an uninterrupted save succeeds. (Ultralytics' retrying torch.save
+    turned such an interruption into a second archive appended to the half-written one, reported as saved.)"""
+    out_dir = yolo26x["dir"] / "points"
+    out_dir.mkdir()
+    out = out_dir / "merged.pt"
+    out.write_bytes(b"the previous, complete file")
+    run = subprocess.run([sys.executable, "-c", INTERRUPTED_SAVES, str(yolo26x["base"]), str(out), str(yolo26x["size"])], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    expected = {
+        "SIGINT": "KeyboardInterrupt",
+        "SIGTERM": "Terminated",
+        "file size limit": "OutputError: cannot write",
+    }
+    for row in report[:-1]:
+        want = next(v for k, v in expected.items() if row["point"].startswith(k))
+        assert row["outcome"].startswith(want), row
+        assert row["previous"] and row["temporaries"] == [], row
+    final = report[-1]
+    assert final["temporaries"] == [] and abs(final["size"] - yolo26x["size"]) < 4096
+    assert load_model(out).task == "detect"
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_large_merge_save_cli(yolo26x):
+    """The review's case end to end: ``apply`` of a yolo26x-sized merge, SIGINT from another process while the
+    checkpoint is half written (on a disk that stalls): exit 130, no "saved", the previous file intact."""
+    out_dir = yolo26x["dir"] / "cli"
+    out_dir.mkdir()
+    out = out_dir / "merged.pt"
+    out.write_bytes(b"the previous, complete file")
+    argv = ["apply", f"base={yolo26x['base']}", f"vectors={yolo26x['vector']}", "scale=0.5", f"out={out}", "exist_ok=true"]
+    argv = [a for a in argv if not a.startswith("exist_ok") or "exist_ok" in MODES["apply"][1]]
+    child = subprocess.Popen([sys.executable, "-c", SLOW_DISK_CLI, str(yolo26x["size"] // 2), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and child.poll() is None:
+        partial = [p for p in out_dir.glob(f"*{TEMP_SUFFIX}") if p.stat().st_size >= yolo26x["size"] // 2]
+        if partial:
+            child.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.02)
+    stdout, stderr = child.communicate(timeout=600)
+    assert partial, (child.returncode, stderr[-2000:])  # the signal was sent while the archive was half written
+    assert child.returncode == 130, (child.returncode, stderr[-2000:])
+    assert "saved" not in stdout and stderr.strip().splitlines()[-1].startswith("yolo-taskvec: interrupted"), (stdout, stderr)
+    assert out.read_bytes() == b"the previous, complete file" and not temporaries(out_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0, reason="needs user+mount namespaces (unshare -rm) to mount a small tmpfs")
+def test_full_disk_during_a_large_save(yolo26x, tmp_path):
+    """A 64 MiB file system (tmpfs in a private mount namespace) fills up half-way through the 119 MB yolo26x
+    checkpoint: one sentence, exit 2, and nothing left on the full disk."""
+    mount, listing = tmp_path / "small-disk", tmp_path / "listing.txt"
+    mount.mkdir()
+    script = Path(sys.executable).parent / "yolo-taskvec"
+    inner = f'mount -t tmpfs -o size=64m tmpfs "{mount}" && "{script}" apply base="{yolo26x["base"]}" vectors="{yolo26x["vector"]}" out="{mount}/m.pt"; code=$?; ls -A "{mount}" > "{listing}"; exit $code'
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", inner], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines() == [f"yolo-taskvec: error: no space left on the device while writing {mount}/m.pt; nothing was written."], run.stderr[-2000:]
+    assert listing.read_text().split() == []
+
+
+def test_written_files_are_verified_before_they_replace_anything(tmp_path, base_pt, night_vector):
+    """What a retried or cut write leaves (half an archive, two archives in one file, trailing bytes) fails the
+    verification that runs before the rename, so it can never replace the previous file."""
+    from yolo_taskvec.checkpoint import verify_archive
+    from yolo_taskvec.files import _verify_safetensors
+
+    data = base_pt.read_bytes()
+    vector = night_vector.select(SMALL).save(tmp_path / "v.safetensors").read_bytes()
+    verify_archive(base_pt)
+    _verify_safetensors(tmp_path / "v.safetensors")
+    cases = {
+        "half.pt": (data[: len(data) // 2], verify_archive, "truncated or corrupt"),
+        "twice.pt": (data[: len(data) // 2] + data, verify_archive, "does not start with its first archive member"),
+        "trailing.pt": (data + b"\0" * 100, verify_archive, "does not end with its zip end record"),
+        "half.safetensors": (vector[: len(vector) // 2], _verify_safetensors, "its header is incomplete|does not end where the file ends"),
+        "cut.safetensors": (vector[:-10], _verify_safetensors, "does not end where the file ends"),
+        "trailing.safetensors": (vector + b"\0", _verify_safetensors, "does not end where the file ends"),
+    }
+    for name, (content, verify, reason) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=reason):
+            verify(tmp_path / name)
+    out = tmp_path / "out.pt"
+    out.write_bytes(b"the previous, complete file")
+    with pytest.raises(OutputError, match=r"the file written for .*out\.pt failed verification \(it does not start with its first archive member"), atomic_output(out, verify=verify_archive) as tmp:
+        tmp.write_bytes(data[:1000] + data)
+    assert out.read_bytes() == b"the previous, complete file" and not temporaries(tmp_path)

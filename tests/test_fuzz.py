@@ -109,3 +109,57 @@ def test_fuzz_targets_are_valid_and_damage_is_detected(valid_files):
         load_bytes(bytes(in_json))
     with pytest.raises(VectorFileError, match="does not match the sha256 recorded when it was saved"):
         load_bytes(bytes(in_data))
+
+
+# ----------------------------------------------------------------------------------------------- metadata
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=12,
+)
+META_FIELDS = ["name", "base_fingerprint", "names", "task", "parts", "base_yaml", "target_yaml", "compression", "source"]
+YAML_PATHS = [("nc",), ("activation",), ("scale",), ("scales",), ("backbone", 0), ("backbone", 0, 2), ("backbone", 0, 3), ("head", -1, 2), ("head", -1, 0), ("head", -1, 1), ("channels",)]
+
+
+def _set(tree, path, value):
+    for key in path[:-1]:
+        tree = tree[key]
+    tree[path[-1]] = value
+
+
+def _rewrite_meta(data: bytes, change) -> bytes:
+    """The file with its ``meta`` JSON changed and its checksum recomputed (a hostile writer, not bit rot)."""
+    import json
+
+    from safetensors.torch import load, save
+
+    from yolo_taskvec.files import content_digest
+
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    metadata = dict(header["__metadata__"])
+    meta = json.loads(metadata["meta"])
+    change(meta)
+    metadata["meta"] = json.dumps(meta)
+    tensors = load(data)
+    metadata["sha256"] = content_digest(metadata, tensors)
+    return save(tensors, metadata=metadata)
+
+
+@SETTINGS
+@given(kind=st.sampled_from(["dense", "packed"]), field=st.sampled_from(META_FIELDS), value=json_values)
+def test_metadata_fields_of_any_type(valid_files, kind, field, value):
+    """Any JSON value in any metadata field the library reads: a valid vector or one VectorFileError sentence."""
+    check_loads_or_refuses(_rewrite_meta(valid_files[kind], lambda meta: meta.__setitem__(field, value)))
+
+
+@SETTINGS
+@given(which=st.sampled_from(["base_yaml", "target_yaml"]), path=st.sampled_from(YAML_PATHS), value=json_values)
+def test_architecture_yaml_values_of_any_type(valid_files, which, path, value):
+    """Any JSON value anywhere the model builder looks in an architecture yaml: loads (and is then a yaml the schema
+    accepts) or one VectorFileError sentence; nothing is built while loading."""
+
+    def change(meta):
+        meta.setdefault("target_yaml", meta["base_yaml"])
+        _set(meta[which], path, value)
+
+    check_loads_or_refuses(_rewrite_meta(valid_files["packed"], change))

@@ -1,11 +1,14 @@
 """Untrusted model files: ``.pt`` checkpoints are pickles, so loading one can run code.
 
-* ``ULTRALYTICS_SAFE_LOAD=1`` (Ultralytics' allow-listed ``weights_only`` loader) works end to end: load base and
-  fine-tune, extract, apply, save, reload — in a real process with the variable set.
-* A malicious pickle (``__reduce__`` calling ``os.system``) is refused under safe loading without running anything;
-  without it, it runs — which is why the docs say to load only trusted checkpoints or to set the variable.
-* ``convert``: a trusted checkpoint becomes one safetensors file (weights + yaml, names, task, train args) that
-  rebuilds the model with no unpickling and no ``eval``; the round trip is exact (tensors and val metrics).
+* By default every ``.pt`` loads through the restricted unpickler (torch ``weights_only`` + the allow-list of
+  torch/Ultralytics classes + a scan refusing constructor calls); every shared reference checkpoint loads that way.
+* A malicious pickle (``__reduce__`` calling ``os.system``) is refused without running anything (a planted marker
+  file stays absent), through the API and the CLI (exit 2, one sentence saying why and how to opt in); with the
+  explicit opt-in (``trust=True``, ``trust=true``, ``YOLO_TASKVEC_TRUST=1``) it runs, as plain Ultralytics would.
+  ``ULTRALYTICS_SAFE_LOAD=1`` always wins over the opt-in.
+* ``ULTRALYTICS_SAFE_LOAD=1`` (Ultralytics' own allow-listed loader) works end to end.
+* ``convert``: a checkpoint becomes one safetensors file (weights + yaml, names, task, train args) that rebuilds the
+  model with no unpickling and no ``eval``; the round trip is exact (tensors and val metrics).
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import data_yaml
+from conftest import WEIGHTS, data_yaml
 
-from yolo_taskvec.checkpoint import load_model
+from yolo_taskvec.checkpoint import TRUST_ENV, load_model
 from yolo_taskvec.cli import main
 from yolo_taskvec.convert import from_safetensors, to_safetensors
 from yolo_taskvec.errors import CheckpointError
@@ -36,6 +39,7 @@ class Evil:
 
 torch.save({"model": Evil(), "train_args": {}}, sys.argv[1])
 """
+REFUSED = r"refused to load .*evil\.pt: it references posix\.system, outside the torch and Ultralytics classes a checkpoint holds, and unpickling it could run code; nothing was executed; if you trust its source, load it with trust=True \(command line: YOLO_TASKVEC_TRUST=1 for one run\)\."
 
 
 @pytest.fixture(scope="module")
@@ -48,41 +52,149 @@ def evil(tmp_path_factory) -> tuple[Path, Path]:
     return path, marker
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any opt-in or safe-load switch, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in (TRUST_ENV, "ULTRALYTICS_SAFE_LOAD")}
+    return {**env, **extra}
+
+
 def safe_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "ULTRALYTICS_SAFE_LOAD": "1", **extra}
+    return clean_env(ULTRALYTICS_SAFE_LOAD="1", **extra)
 
 
-def test_malicious_pickle_refused_by_safe_loading(evil, tmp_path):
+def run_cli(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *argv], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("name", sorted(p.name for p in WEIGHTS.glob("*.pt")) or ["yolo26n-base80.pt"])
+def test_every_shared_checkpoint_loads_restricted(name, monkeypatch):
+    """Each reference checkpoint loads by default, and only through ``torch.load(weights_only=True)``."""
+    from conftest import weight
+
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    monkeypatch.setattr(torch, "load", spy)
+    loaded = load_model(weight(name))
+    assert calls == [True]
+    assert loaded.task in ("detect", "segment") and loaded.names and loaded.state
+
+
+@pytest.mark.smoke
+def test_malicious_pickle_refused_by_default(evil, tmp_path, monkeypatch):
     path, marker = evil
-    with pytest.raises(CheckpointError, match=r"safe loading refused .*evil\.pt: it references code outside Ultralytics' allow-list \(posix\.system\); nothing was executed\."):
-        load_model(path, safe=True)
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    with pytest.raises(CheckpointError, match=REFUSED):
+        load_model(path)
     assert not marker.exists()
-    run = subprocess.run([str(SCRIPT), "apply", f"base={path}", "vectors=x.safetensors", f"out={tmp_path / 'm.pt'}"], capture_output=True, text=True, env=safe_env(), timeout=300)
+    run = run_cli("apply", f"base={path}", "vectors=x.safetensors", f"out={tmp_path / 'm.pt'}", env=clean_env())
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
-    assert "safe loading refused" in run.stderr and "Traceback" not in run.stderr
+    assert "refused to load" in run.stderr and "trust=True" in run.stderr and "Traceback" not in run.stderr
     assert not marker.exists() and not (tmp_path / "m.pt").exists()
 
 
-def test_without_safe_loading_a_pickle_runs_code(evil):
-    """The documented hazard, shown in a separate process: the default loader executes the payload."""
+def test_safe_load_env_refuses_even_with_trust(evil, tmp_path):
+    """``ULTRALYTICS_SAFE_LOAD=1`` wins over ``trust``: the sentence says so, and nothing runs."""
     path, marker = evil
-    env = {k: v for k, v in os.environ.items() if k != "ULTRALYTICS_SAFE_LOAD"}
-    code = "import sys; from yolo_taskvec.checkpoint import load_model\ntry:\n    load_model(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__, e)"
-    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=300)
-    assert "is not an Ultralytics checkpoint" in run.stdout  # refused afterwards, but too late:
+    code = "import sys\nfrom yolo_taskvec.checkpoint import load_model\ntry:\n    load_model(sys.argv[1], trust=True)\nexcept Exception as e:\n    print(type(e).__name__, e)"
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=safe_env(), timeout=300)
+    assert "CheckpointError refused to load" in run.stdout and "ULTRALYTICS_SAFE_LOAD=1 is set, which forbids trusting it in this process" in run.stdout
+    run = run_cli("info", f"model={path}", "trust=true", env=safe_env())
+    assert run.returncode == 2 and "ULTRALYTICS_SAFE_LOAD=1 is set" in run.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("how", ["api", "cli_argument", "environment"])
+def test_trusting_a_pickle_is_an_explicit_opt_in(evil, how):
+    """The documented hazard, shown in separate processes: with the opt-in, the payload runs."""
+    path, marker = evil
+    if how == "api":
+        code = "import sys\nfrom yolo_taskvec.checkpoint import load_model\ntry:\n    load_model(sys.argv[1], trust=True)\nexcept Exception as e:\n    print(type(e).__name__, e)"
+        run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=clean_env(), timeout=300)
+        assert "is not an Ultralytics checkpoint" in run.stdout  # refused afterwards, but too late:
+    else:
+        argv = ["info", f"model={path}"] + (["trust=true"] if how == "cli_argument" else [])
+        run = run_cli(*argv, env=clean_env(**({TRUST_ENV: "1"} if how == "environment" else {})))
+        assert run.returncode == 2 and "is not an Ultralytics checkpoint" in run.stderr
     assert marker.exists()
     marker.unlink()
 
 
-def test_object_of_a_class_is_refused_by_safe_loading(tmp_path):
-    """An arbitrary (harmless-looking) object: the default loader builds it, the safe loader will not."""
+def test_object_of_a_class_is_refused_unless_trusted(tmp_path):
+    """An arbitrary (harmless-looking) object: the trusted loader builds it, the default loader will not."""
     import argparse
 
     torch.save({"model": argparse.Namespace(x=1)}, tmp_path / "obj.pt")
     with pytest.raises(CheckpointError, match=r"obj\.pt is not an Ultralytics checkpoint: it holds a dict with keys \['model'\]"):
-        load_model(tmp_path / "obj.pt", safe=False)
-    with pytest.raises(CheckpointError, match=r"safe loading refused .*obj\.pt: it references code outside Ultralytics' allow-list \(argparse\.Namespace\)"):
-        load_model(tmp_path / "obj.pt", safe=True)
+        load_model(tmp_path / "obj.pt", trust=True)
+    with pytest.raises(CheckpointError, match=r"refused to load .*obj\.pt: it references argparse\.Namespace, outside"):
+        load_model(tmp_path / "obj.pt")
+
+
+CONSTRUCTOR_CALL = """
+import sys, torch
+from ultralytics.nn.modules import Conv
+
+class Build:
+    def __reduce__(self):  # a real checkpoint restores a layer's state; this calls its constructor
+        return (Conv, (3, 8192, 3))
+
+torch.save({"model": Build(), "train_args": {}}, sys.argv[1])
+"""
+
+
+def test_allow_listed_constructor_calls_are_refused(tmp_path):
+    """A pickle may name only allow-listed classes and still call their ``__init__`` (downloads, huge tensors):
+    the opcode scan refuses it before anything is unpickled."""
+    path = tmp_path / "ctor.pt"
+    subprocess.run([sys.executable, "-c", CONSTRUCTOR_CALL, str(path)], check=True, timeout=300)
+    with pytest.raises(CheckpointError, match=r"refused to load .*ctor\.pt: its pickle calls ultralytics\.nn\.modules\.conv\.Conv, which a checkpoint never does"):
+        load_model(path)
+
+
+def test_hostile_yaml_inside_a_loadable_checkpoint(tmp_path, base_pt):
+    """A checkpoint made only of allow-listed classes whose model yaml carries code: refused at load (its yaml is what
+    a later rebuild uses), trusted or not; nothing runs."""
+    marker = tmp_path / "PWNED"
+    ckpt = torch.load(base_pt, weights_only=False)
+    ckpt["model"].yaml["activation"] = f"__import__('os').system('touch {marker}')"
+    torch.save(ckpt, tmp_path / "yaml.pt")
+    for trust in (False, True):
+        with pytest.raises(CheckpointError, match=r"yaml\.pt: its model yaml has activation .*; only .* are accepted"):
+            load_model(tmp_path / "yaml.pt", trust=trust)
+    assert not marker.exists()
+
+
+def test_checkpoint_tensor_beyond_the_caps(tmp_path, base_pt):
+    """An expanded tensor (stride 0) stores one value but claims 2^26: refused before ``float()`` copies it."""
+    ckpt = torch.load(base_pt, weights_only=False)
+    ckpt["model"].register_buffer("bomb", torch.zeros(1, dtype=torch.float16).expand(2**26))
+    torch.save(ckpt, tmp_path / "bomb.pt")
+    assert (tmp_path / "bomb.pt").stat().st_size < 2 * base_pt.stat().st_size
+    with pytest.raises(CheckpointError, match=r"bomb\.pt: tensor bomb holds 67,108,864 values, more than any YOLO tensor"):
+        load_model(tmp_path / "bomb.pt")
+
+
+def test_compressed_or_concatenated_archives_are_refused(tmp_path, base_pt):
+    """torch.save writes stored members from byte 0: a re-compressed archive (a zip bomb's shape) or two archives in
+    one file (what a retried save used to leave) are refused before unpickling."""
+    import zipfile
+
+    with zipfile.ZipFile(base_pt) as src, zipfile.ZipFile(tmp_path / "deflated.pt", "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    with pytest.raises(CheckpointError, match=r"deflated\.pt: it holds compressed members, which torch\.save never writes"):
+        load_model(tmp_path / "deflated.pt")
+    data = base_pt.read_bytes()
+    (tmp_path / "twice.pt").write_bytes(data[: len(data) // 2] + data)
+    with pytest.raises(CheckpointError, match=r"twice\.pt: it does not start with its first archive member"):
+        load_model(tmp_path / "twice.pt")
 
 
 SAFE_RELOAD = """
@@ -102,6 +214,7 @@ print(json.dumps({"safe": ultralytics.utils.SAFE_LOAD, "weights_only": calls, "t
 """
 
 
+@pytest.mark.smoke
 def test_safe_load_end_to_end(tmp_path, base_pt, night_pt):
     """Load base + fine-tune, extract, apply, save and reload with ULTRALYTICS_SAFE_LOAD=1 in real processes."""
     env = safe_env()
@@ -185,13 +298,13 @@ def _with_yaml(src: Path, dst: Path, change) -> Path:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (lambda y: y.update(activation="__import__('os').system('touch {marker}')"), r"has activation .* not a plain nn\.<Class>\(literals\) call"),
+        (lambda y: y.update(activation="__import__('os').system('touch {marker}')"), r"has activation .*; only .* as nn\.<Name>\(numbers\) are accepted"),
         (lambda y: y["backbone"][0].__setitem__(2, "torch_safe_load"), r"names 'torch_safe_load', which is not a known model layer"),
         (lambda y: y["backbone"][0].__setitem__(2, "DetectionModel"), r"names 'DetectionModel', which is not a known model layer"),
         (lambda y: y["backbone"][0].__setitem__(2, "TorchVision"), r"uses TorchVision, which downloads weights when built"),
         (lambda y: y["backbone"][0].__setitem__(3, [10**9, 3, 2]), r"has a layer argument 1e\+09, far beyond any real architecture"),
         (lambda y: y.pop("head"), r"its model yaml has no 'backbone'/'head' layer lists"),
-        (lambda y: y["backbone"][0].__setitem__(3, [32, 3, 2]), r"its tensors do not fit the architecture in its metadata \(e\.g\. model\.0\.conv\.weight\)"),
+        (lambda y: y["backbone"][0].__setitem__(3, [32, 3, 2]), r"its tensors do not fit the architecture in its metadata \(e\.g\. model\.0\.[\w.]+\)"),
     ],
     ids=["eval_activation", "non_layer_callable", "nested_model", "downloading_layer", "absurd_width", "no_head", "tensors_mismatch"],
 )

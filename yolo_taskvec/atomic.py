@@ -1,4 +1,13 @@
-"""Atomic, input-preserving writes: a temporary file beside the target, fsync, then ``os.replace``."""
+"""Atomic, input-preserving writes: a temporary file beside the target, verified, fsynced, then ``os.replace``.
+
+The rule for outputs (every mode, API and command line):
+
+* an output is never an input of the run, and never lies inside an input dataset's folder;
+* an existing output file is replaced only with ``exist_ok`` (the API's default: a path you name is yours to
+  replace; the command line passes ``exist_ok=False`` unless ``exist_ok=true`` is given);
+* a write that fails or is interrupted (an exception, a full disk, SIGINT or SIGTERM) leaves the previous file as it
+  was and no temporary behind, and never reports success.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +16,16 @@ import errno
 import glob
 import os
 import re
+import signal
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .errors import OutputError
+
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _read_only(path: Path) -> bool:
@@ -20,8 +33,24 @@ def _read_only(path: Path) -> bool:
     return not (path.stat().st_mode & 0o222) or not os.access(path, os.W_OK)
 
 
-def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
-    """Refuse an output that is an input, a directory, a read-only file, or inside a missing or read-only folder."""
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _check_protected(path: Path, protect: Iterable[str | os.PathLike]) -> None:
+    """Refuse a path inside any protected folder (an input dataset's folder)."""
+    target = path.resolve()
+    for root in protect:
+        if root is None:
+            continue
+        root = Path(root).expanduser().resolve()
+        if _inside(target, root):
+            raise OutputError(f"output {path} lies inside the dataset folder {root}; write it outside every input dataset so no dataset file is overwritten.")
+
+
+def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *, exist_ok: bool = True, protect: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse an output that is an input, lies in a ``protect`` folder, exists without ``exist_ok``, is a directory
+    or a read-only file, or is inside a missing or read-only folder."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise OutputError(f"output {path} is a directory; give a file name.")
@@ -33,6 +62,9 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
         item = Path(item).expanduser()
         if path.resolve() == item.resolve() or (path.exists() and item.exists() and path.samefile(item)):
             raise OutputError(f"output {path} is also an input; choose another name so the input is not overwritten.")
+    _check_protected(path, protect)
+    if path.exists() and not exist_ok:
+        raise OutputError(f"output {path} already exists; choose another name, or add exist_ok=true to replace it.")
     if path.exists() and _read_only(path):
         raise OutputError(f"output {path} exists and is read-only; choose another name.")
     parent = path.resolve().parent
@@ -41,6 +73,28 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
     if _read_only(parent):
         raise OutputError(f"cannot write {path}: no write permission in {parent}.")
     return path
+
+
+def check_output_folder(folder: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *, exist_ok: bool = True, protect: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse an output folder that is a file or an input, lies in a ``protect`` folder, exists (not empty) without
+    ``exist_ok``, or cannot be written (read-only, or its nearest existing parent is). Creates nothing."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"output folder {folder} is a file; give a folder name.")
+    for item in inputs:
+        if item is not None and folder.resolve() == Path(item).expanduser().resolve():
+            raise OutputError(f"output folder {folder} is also an input; choose another folder.")
+    _check_protected(folder, protect)
+    if folder.is_dir() and not exist_ok and any(folder.iterdir()):
+        raise OutputError(f"output folder {folder} already exists and is not empty; choose another folder, or add exist_ok=true to write into it.")
+    existing = folder.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot create folder {folder}: {existing} is a file.")
+    if _read_only(existing):
+        raise OutputError(f"cannot write into {folder}: no write permission in {existing}.")
+    return folder
 
 
 TEMP_SUFFIX = ".tmp"
@@ -133,14 +187,47 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+def held_signals() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM arriving inside the block are recorded instead of acting (main thread only).
+
+    A signal that interrupts a writer mid-archive surfaces, deep inside a C++ serializer, as an error that a retrying
+    wrapper takes for a transient failure; held, it cannot cut a write in half, and the caller decides after it.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {}
+    for sig in HELD_SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is signal.SIG_IGN or handler is None:
+            continue
+        previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _deliver(received: list[int], path: Path) -> None:
+    """Act on a held signal as it would have acted (KeyboardInterrupt, the caller's handler, or termination); if
+    nothing acts, the write is still reported as failed."""
+    signal.raise_signal(received[0])
+    raise OutputError(f"the write of {path} was interrupted by {signal.Signals(received[0]).name}; nothing was written.")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *, exist_ok: bool = True, protect: Iterable[str | os.PathLike] = (), verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it replaces ``path`` in one step.
 
-    On any error the temporary file is removed and ``path`` is left as it was (absent or the previous file);
-    file-system failures (disk full, permissions) become one-sentence ``OutputError``s. A writer killed
-    mid-write leaves only its temporary file, which the next write of the same path removes.
+    ``verify(tmp)`` checks the finished temporary file before it is committed (a ValueError with the reason refuses
+    it). On any error the temporary file is removed and ``path`` is left as it was (absent or the previous file);
+    file-system failures (disk full, permissions) become one-sentence ``OutputError``s. SIGINT/SIGTERM during the
+    write are held and delivered after the temporary file is removed, before anything is committed. A writer killed
+    mid-write (SIGKILL) leaves only its temporary file, which the next write of the same path removes.
     """
-    path = check_output(path, inputs)
+    path = check_output(path, inputs, exist_ok=exist_ok, protect=protect)
     folder = path.resolve().parent
     remove_stale_temps(folder / path.name)
     try:
@@ -149,23 +236,39 @@ def atomic_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] =
         raise output_error(path, e) from e
     os.close(fd)
     tmp = Path(tmp)
+    received: list[int] = []
     try:
-        yield tmp
-        os.chmod(tmp, _file_mode(folder / path.name))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(folder)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        mapped = output_error(path, e) if isinstance(e, Exception) and not isinstance(e, OutputError) else None
-        if mapped is not None:
-            raise mapped from e
-        raise
+        with held_signals() as received:
+            try:
+                yield tmp
+                if not received and verify is not None:
+                    try:
+                        verify(tmp)
+                    except ValueError as e:
+                        raise OutputError(f"the file written for {path} failed verification ({e}); nothing was written and any previous file is unchanged.") from e
+                if not received:
+                    os.chmod(tmp, _file_mode(folder / path.name))
+                    with open(tmp, "rb+") as f:
+                        os.fsync(f.fileno())
+                if not received:
+                    os.replace(tmp, path)
+                    _fsync_dir(folder)
+            except BaseException as e:
+                tmp.unlink(missing_ok=True)
+                mapped = output_error(path, e) if isinstance(e, Exception) and not isinstance(e, OutputError) else None
+                if mapped is not None:
+                    raise mapped from e
+                raise
+            finally:
+                if received:
+                    tmp.unlink(missing_ok=True)
+    finally:
+        if received:  # after the handlers are restored; a held Ctrl-C wins over an error of the same write
+            _deliver(received, path)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+def write_text_atomic(path: str | os.PathLike, text: str, inputs: Iterable[str | os.PathLike] = (), *, exist_ok: bool = True, protect: Iterable[str | os.PathLike] = ()) -> Path:
     """Write a text file atomically."""
-    with atomic_output(path, inputs) as tmp:
+    with atomic_output(path, inputs, exist_ok=exist_ok, protect=protect) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)

@@ -1,31 +1,53 @@
-"""Ultralytics checkpoint I/O: load (EMA wins, fp32, clear errors), build models, save (atomic, EMA cleared).
+"""Ultralytics checkpoint I/O: load (restricted unpickling, EMA wins, fp32, clear errors), build models from
+validated yamls, save (atomic, verified, EMA cleared).
 
-Loading a ``.pt`` file unpickles it, which can run code: only load checkpoints you trust, or set
-``ULTRALYTICS_SAFE_LOAD=1`` (or pass ``safe=True``) to load through Ultralytics' allow-listed
-``weights_only`` loader. Task-vector files never need this (safetensors).
+A ``.pt`` file is a pickle, and unpickling can run code. By default it is loaded through PyTorch's ``weights_only``
+unpickler with an allow-list of the torch/Ultralytics classes a checkpoint legitimately holds (what Ultralytics'
+``ULTRALYTICS_SAFE_LOAD=1`` allows, minus layers that download when built), after a scan of the pickle that refuses
+calls of those classes' constructors. A file that needs anything else is refused with one sentence; loading it
+unrestricted is an explicit choice for one run: ``trust=True`` or ``YOLO_TASKVEC_TRUST=1``
+(``ULTRALYTICS_SAFE_LOAD=1`` always wins). Architecture yamls are validated (``schema``) and sized on the meta
+device before any model is built, and their activation is never ``eval``ed. Task-vector files need none of this
+(safetensors).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
+import math
 import os
+import pickle
+import pickletools
+import threading
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .atomic import atomic_output
-from .errors import CheckpointError, MismatchError, OutputError
+from .errors import CheckpointError, MismatchError, OutputError, TaskVecError
+from .limits import MAX_MODEL_VALUES, MAX_TENSOR_VALUES, check_allocation
 from .parts import Layout
+from .schema import check_arch_yaml, check_names, parse_activation, register_layer_check
 from .taskvector import fingerprint
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
 ModelLike = Any  # str | Path | ultralytics.YOLO | torch.nn.Module | LoadedModel
+TRUST_ENV = "YOLO_TASKVEC_TRUST"
+SAFE_LOAD_ENV = "ULTRALYTICS_SAFE_LOAD"
+FETCHING_LAYERS = frozenset({"TorchVision"})  # layers that download weights when built: never from a file
+TORCH_LAYERS = frozenset({"Upsample", "Identity", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "ZeroPad2d", "ConvTranspose2d", "Conv2d", "BatchNorm2d", "Dropout", "Flatten", "Linear"})
+MAX_PICKLE_BYTES = 256 << 20  # data.pkl of a YOLO26x checkpoint: under 1 MB
+_torch_save = torch.serialization.save  # the real serializer: Ultralytics rebinds torch.save to a retrying wrapper
+_BUILD_LOCK = threading.RLock()  # model construction swaps Conv.default_act, process-wide state
+_LOAD_LOCK = threading.Lock()  # torch's safe-globals allow-list is process-wide
 
 
 @dataclass
@@ -72,7 +94,7 @@ class LoadedModel:
 
 
 def resolve_weights(source: str | os.PathLike, suffixes: tuple[str, ...] = (".pt",)) -> Path:
-    """A model file that exists; bare names are also looked up in Ultralytics' ``weights_dir``."""
+    """A readable model file; bare names are also looked up in Ultralytics' ``weights_dir``."""
     from ultralytics.utils import SETTINGS
 
     path = Path(source).expanduser()
@@ -88,6 +110,11 @@ def resolve_weights(source: str | os.PathLike, suffixes: tuple[str, ...] = (".pt
         raise CheckpointError(f"model file {source} is not a .pt checkpoint (or a .safetensors model written by 'yolo-taskvec convert').")
     if path.stat().st_size == 0:
         raise CheckpointError(f"model file {source} is empty (0 bytes).")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise CheckpointError(f"cannot read model file {path}: {(e.strerror or type(e).__name__).lower()}.") from e
     return path
 
 
@@ -104,8 +131,27 @@ def input_file(source: Any) -> Path | None:
     return path
 
 
+# ----------------------------------------------------------------------------------------------- trust
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def trusted(trust: bool | None = None) -> bool:
+    """Whether ``.pt`` files may be unpickled without restriction: ``trust``, else ``$YOLO_TASKVEC_TRUST``; never
+    while ``ULTRALYTICS_SAFE_LOAD=1`` is set."""
+    if _env_true(SAFE_LOAD_ENV):
+        return False
+    return bool(trust) if trust is not None else _env_true(TRUST_ENV)
+
+
+def _refusal(path: Path, what: str) -> CheckpointError:
+    how = f"{SAFE_LOAD_ENV}=1 is set, which forbids trusting it in this process" if _env_true(SAFE_LOAD_ENV) else f"if you trust its source, load it with trust=True (command line: {TRUST_ENV}=1 for one run)"
+    return CheckpointError(f"refused to load {path}: {what}, and unpickling it could run code; nothing was executed; {how}.")
+
+
+# ----------------------------------------------------------------------------------------------- the zip archive
 def _damage(path: Path) -> str | None:
-    """Why a file is not a readable zip archive (PyTorch's format), or None if it is one."""
+    """Why a file is not a readable PyTorch zip archive, or None if it is one (CRCs checked, no decompression)."""
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
             head = f.read(4)
@@ -114,31 +160,224 @@ def _damage(path: Path) -> str | None:
         return "it is not a PyTorch zip checkpoint"
     try:
         with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+                return "it holds compressed members, which torch.save never writes (a re-packed or hostile archive)"
+            if not any(i.filename.endswith("/data.pkl") for i in infos):
+                return "it has no data.pkl (not a torch.save archive)"
+            if min(i.header_offset for i in infos) != 0:
+                return "it does not start with its first archive member (bytes before the archive, e.g. two archives written into one file)"
             bad = z.testzip()
     except Exception as e:  # noqa: BLE001 - a damaged central directory surfaces as many exception types
         return f"it is corrupt ({type(e).__name__} while reading the zip directory)"
     return f"it is corrupt (damaged member {bad})" if bad else None
 
 
-def _torch_load(path: Path, safe: bool | None) -> Any:
+def _pickle_bytes(path: Path) -> bytes:
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("/data.pkl"))
+        if info.file_size > MAX_PICKLE_BYTES:
+            raise _refusal(path, f"its pickle is {info.file_size / 1e6:.0f} MB, far more than a checkpoint's")
+        return z.read(info)
+
+
+# ----------------------------------------------------------------------------------------------- restricted unpickling
+def _restricted_getattr(obj: Any, name: str) -> Any:
+    """``getattr`` as checkpoints use it (``Detect.forward``, enum members), and nothing else."""
+    import enum
+
+    if isinstance(obj, type) and not name.startswith("__") and issubclass(obj, (torch.nn.Module, enum.Enum)):
+        return getattr(obj, name)
+    if isinstance(obj, torch.nn.Module) and name in ("forward", "forward_fuse"):
+        return getattr(type(obj), name).__get__(obj)
+    raise pickle.UnpicklingError(f"getattr({type(obj).__name__}, {name!r}) is not allowed in a checkpoint")
+
+
+@lru_cache(maxsize=1)
+def _data_globals() -> dict[str, Any]:
+    """Non-layer globals of real checkpoints (train args, numpy scalars, paths, legacy aliases), by pickled name."""
+    import pathlib
+
+    import numpy as np
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils import IterableSimpleNamespace
+
+    scalar = np.float64(0).__reduce__()[0]
+    local_path = pathlib.WindowsPath if os.name == "nt" else pathlib.PosixPath
+    out: dict[str, Any] = {
+        "ultralytics.utils.IterableSimpleNamespace": IterableSimpleNamespace,
+        "ultralytics.yolo.utils.IterableSimpleNamespace": IterableSimpleNamespace,
+        "numpy.core.multiarray.scalar": scalar,
+        "numpy._core.multiarray.scalar": scalar,
+        "numpy.dtype": np.dtype,
+        "builtins.getattr": _restricted_getattr,
+        "ultralytics.nn.modules.block.Silence": torch.nn.Identity,
+        "ultralytics.nn.tasks.YOLOv10DetectionModel": DetectionModel,
+    }
+    out.update({f"{m}.{c}": local_path for m in ("pathlib", "pathlib._local") for c in ("PosixPath", "WindowsPath")})
+    out.update({f"numpy.dtypes.{t.__name__}": t for t in (type(np.dtype(x)) for x in (np.float64, np.float32, np.int64, np.int32, np.bool_))})
+    with contextlib.suppress(ImportError, AttributeError):
+        from ultralytics.utils.loss import E2EDetectLoss
+
+        out["ultralytics.utils.loss.v10DetectLoss"] = E2EDetectLoss
+    return out
+
+
+def _model_class(name: str) -> type | None:
+    """The class a pickled ``module.Class`` name refers to, if it is a torch/Ultralytics layer or model (or a loss or
+    assigner object a training checkpoint keeps); None otherwise."""
+    module, _, attr = name.rpartition(".")
+    layer_modules = ("torch.nn.modules", "ultralytics.nn.modules")
+    plain_modules = ("ultralytics.utils.loss", "ultralytics.utils.tal")
+    if not (module in (*layer_modules, "ultralytics.nn.tasks", *plain_modules) or module.rpartition(".")[0] in layer_modules):
+        return None
+    try:
+        obj = getattr(importlib.import_module(module), attr, None)
+    except ImportError:
+        return None
+    if not isinstance(obj, type) or attr in FETCHING_LAYERS:
+        return None
+    if module in plain_modules:
+        return obj if obj.__module__ == module else None
+    return obj if issubclass(obj, torch.nn.Module) else None
+
+
+def _allow_list(path: Path) -> tuple[list[Any], set[str]]:
+    """``(safe-globals entries, names of classes whose constructors may not be called)`` for one checkpoint;
+    refuses a checkpoint that names anything else."""
+    if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
+        raise CheckpointError(f"cannot load {path} safely: restricted loading needs torch 2.6 or newer (this is {torch.__version__}); upgrade torch, or load it with trust=True if you trust its source.")
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as e:  # noqa: BLE001 - a pickle the scanner cannot read is damaged
+        raise CheckpointError(f"cannot load {path}: its pickle is unreadable ({type(e).__name__}).") from e
+    entries, classes, foreign = [], set(), []
+    data = _data_globals()
+    for name in names:
+        cls = _model_class(name)
+        if cls is not None:
+            entries.append((cls, name))
+            classes.add(name)
+        elif name in data:
+            entries.append((data[name], name))
+        else:
+            foreign.append(name)
+    if foreign:
+        shown = ", ".join(sorted(foreign)[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise _refusal(path, f"it references {shown}, outside the torch and Ultralytics classes a checkpoint holds")
+    return entries, classes
+
+
+def _called_globals(data: bytes) -> Iterator[str]:
+    """Names of the globals a pickle calls (REDUCE) or instantiates via INST/OBJ, by symbolic execution of its
+    opcodes (nothing is imported or built). ValueError for a pickle that does not parse."""
+    mark = object()
+    stack: list[Any] = []
+    memo: dict[Any, Any] = {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            name = op.name
+            if name == "MARK":
+                stack.append(mark)
+            elif name == "GLOBAL":
+                stack.append(_Global(str(arg).replace(" ", ".")))
+            elif name == "STACK_GLOBAL":
+                attr, module = stack.pop(), stack.pop()
+                stack.append(_Global(f"{module}.{attr}"))
+            elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"):
+                stack.append(arg)
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(arg))
+            elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX"):
+                stack.pop()
+                if name == "NEWOBJ_EX":
+                    stack.pop()
+                func = stack.pop()
+                if name == "REDUCE" and isinstance(func, _Global):
+                    yield func.name
+                stack.append(None)
+            elif name in ("INST", "OBJ"):
+                yield str(arg).replace(" ", ".") if name == "INST" else "OBJ"
+                _pop_generic(op, stack, mark)
+                stack.append(None)
+            else:
+                _pop_generic(op, stack, mark)
+                stack.extend([None] * len(op.stack_after))
+    except (IndexError, KeyError, ValueError) as e:
+        raise ValueError(f"its pickle does not parse ({type(e).__name__})") from e
+
+
+class _Global:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _pop_generic(op: Any, stack: list[Any], mark: object) -> None:
+    before = op.stack_before
+    if pickletools.markobject in before:
+        while stack[-1] is not mark:
+            stack.pop()
+        stack.pop()
+        for _ in range(before.index(pickletools.markobject)):
+            stack.pop()
+    else:
+        for _ in before:
+            stack.pop()
+
+
+def _check_calls(path: Path, classes: set[str]) -> None:
+    """Refuse a pickle that calls a layer's or model's constructor: a real checkpoint only restores their state
+    (``__new__`` and ``__setstate__``); a call could run any side effect of ``__init__`` (downloads, huge tensors)."""
+    try:
+        called = set(_called_globals(_pickle_bytes(path)))
+    except ValueError as e:
+        raise CheckpointError(f"cannot load {path}: {e}.") from e
+    constructed = sorted(called & classes | {c for c in called if c == "OBJ"})
+    if constructed:
+        raise _refusal(path, f"its pickle calls {', '.join(constructed[:3])}, which a checkpoint never does")
+
+
+def _restricted_load(path: Path) -> Any:
+    entries, classes = _allow_list(path)
+    _check_calls(path, classes)
+    try:
+        with _LOAD_LOCK, torch.serialization.safe_globals(entries):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise _refusal(path, f"the restricted unpickler refused it ({_first_line(e)[:120]})") from e
+    except Exception as e:  # noqa: BLE001 - any other failure inside unpickling is one user-facing condition
+        raise CheckpointError(f"cannot load {path}: {_first_line(e)}") from e
+
+
+def _trusted_load(path: Path) -> Any:
     from ultralytics.nn.tasks import torch_safe_load
 
-    damage = _damage(path)
-    if damage:
-        raise CheckpointError(f"cannot load {path}: {damage}.")
     missing = _missing_modules(path)
     if missing:  # Ultralytics would try to pip-install a package the file names: never let a file choose that
         raise CheckpointError(f"cannot load {path}: it needs Python module '{missing}', which is not installed (yolo-taskvec never installs packages a checkpoint asks for).")
     try:
-        ckpt, _ = torch_safe_load(str(path), safe_only=safe)
+        ckpt, _ = torch_safe_load(str(path), safe_only=False)
     except Exception as e:  # noqa: BLE001 - any failure inside unpickling is one user-facing condition
-        refused = _refused_globals(path, e)
-        if refused is not None:
-            raise CheckpointError(f"safe loading refused {path}: it references code outside Ultralytics' allow-list ({refused}); nothing was executed.") from e
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        message = message.replace("ERROR ❌️ ", "")
-        raise CheckpointError(f"cannot load {path}: {message}") from e
+        raise CheckpointError(f"cannot load {path}: {_first_line(e)}") from e
     return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().replace("ERROR ❌️ ", "")
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _torch_load(path: Path, trust: bool | None) -> Any:
+    damage = _damage(path)
+    if damage:
+        raise CheckpointError(f"cannot load {path}: {damage}.")
+    return _trusted_load(path) if trusted(trust) else _restricted_load(path)
 
 
 def _missing_modules(path: Path) -> str | None:
@@ -160,20 +399,6 @@ def _missing_modules(path: Path) -> str | None:
     return None
 
 
-def _refused_globals(path: Path, error: BaseException) -> str | None:
-    """The non-torch/Ultralytics globals a weights_only load refused (None if ``error`` is not such a refusal)."""
-    import pickle
-
-    if not isinstance(error.__cause__, pickle.UnpicklingError) or "outside the supported" not in str(error):
-        return None
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # noqa: BLE001 - the list is only a hint
-        names = []
-    foreign = [n for n in names if not n.startswith(("torch.", "ultralytics.", "collections.", "numpy.", "pathlib."))]
-    return ", ".join(foreign[:4]) or "unknown types"
-
-
 def _describe(obj: Any) -> str:
     if isinstance(obj, Mapping):
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -182,18 +407,38 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _from_checkpoint(path: Path, safe: bool | None) -> LoadedModel:
+def check_tensor_sizes(tensors: Mapping[str, torch.Tensor], source: str, error: type[TaskVecError] = CheckpointError) -> None:
+    """Bounds on a model's tensors before they are converted or copied: per tensor, in all, and in memory."""
+    total = 0
+    for key, t in tensors.items():
+        if t.numel() > MAX_TENSOR_VALUES:
+            raise error(f"{source}: tensor {key} holds {t.numel():,} values, more than any YOLO tensor; the file is corrupt or malicious.")
+        total += t.numel()
+    if total > MAX_MODEL_VALUES:
+        raise error(f"{source} holds {total:,} values, more than any YOLO model; the file is corrupt or malicious.")
+    check_allocation(4 * total, f"loading {source} in fp32", error)
+
+
+def _from_checkpoint(path: Path, trust: bool | None) -> LoadedModel:
     from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.nn.tasks import guess_model_task
 
-    ckpt = _torch_load(path, safe)
+    ckpt = _torch_load(path, trust)
     candidate = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, Mapping) else None
     if not isinstance(candidate, torch.nn.Module):
         raise CheckpointError(f"{path} is not an Ultralytics checkpoint: it holds {_describe(ckpt)} with no 'model' or 'ema' module.")
     if not hasattr(candidate, "yaml"):
         raise CheckpointError(f"{path} holds a {type(candidate).__name__}, not an Ultralytics YOLO model (no yaml).")
+    check_model_yaml(candidate.yaml, str(path))  # later rebuilds (a carried head, convert) start from this yaml
+    names = getattr(candidate, "names", None)
+    if names is not None:  # printed in tables and stored in vectors: printable text only
+        check_names(dict(enumerate(names)) if isinstance(names, (list, tuple)) else names, str(path), CheckpointError)
+    check_tensor_sizes(candidate.state_dict(), str(path))
     module = candidate.float().eval()
-    module.args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
+    train_args = ckpt.get("train_args") or {}
+    if not isinstance(train_args, Mapping):
+        raise CheckpointError(f"{path}: its train_args are a {type(train_args).__name__}, not a mapping.")
+    module.args = {**DEFAULT_CFG_DICT, **train_args}
     module.pt_path = str(path)
     module.task = getattr(module, "task", None) or guess_model_task(module)
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizer")}
@@ -207,11 +452,11 @@ def _check_unfused(loaded: LoadedModel) -> LoadedModel:
     return loaded
 
 
-def load_model(source: ModelLike, *, safe: bool | None = None) -> LoadedModel:
+def load_model(source: ModelLike, *, trust: bool | None = None) -> LoadedModel:
     """Load a path, ``ultralytics.YOLO``, ``torch.nn.Module`` or LoadedModel as an fp32 LoadedModel.
 
-    ``ema`` wins over ``model`` exactly as Ultralytics loads it. ``safe=True`` (or ``ULTRALYTICS_SAFE_LOAD=1``)
-    loads through Ultralytics' allow-listed ``weights_only`` unpickler.
+    ``ema`` wins over ``model`` exactly as Ultralytics loads it. ``.pt`` files load through the restricted
+    unpickler unless ``trust=True`` (or ``YOLO_TASKVEC_TRUST=1``; see ``trusted``).
     """
     if isinstance(source, LoadedModel):
         return source
@@ -220,7 +465,7 @@ def load_model(source: ModelLike, *, safe: bool | None = None) -> LoadedModel:
 
         return load_converted(source)
     if isinstance(source, (str, os.PathLike)):
-        return _check_unfused(_from_checkpoint(resolve_weights(source), safe))
+        return _check_unfused(_from_checkpoint(resolve_weights(source), trust))
     from ultralytics.engine.model import Model
 
     module = source.model if isinstance(source, Model) else source
@@ -233,6 +478,23 @@ def load_model(source: ModelLike, *, safe: bool | None = None) -> LoadedModel:
     ckpt = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizer")}
     copied = copy.deepcopy(module).float().eval()
     return _check_unfused(LoadedModel(copied, str(label), ckpt, None))
+
+
+def check_vector_base(base: LoadedModel, meta: Mapping[str, Any], force: bool = False) -> None:
+    """Refuse a task vector whose recorded base is not ``base``, or that records no base at all, unless ``force``.
+
+    Every vector ``from_models`` extracts records the base's fingerprint; a file without one was written by hand or
+    had it removed, and applying it to an arbitrary base would be silent nonsense."""
+    if force:
+        return
+    name = str(meta.get("name", "?"))
+    recorded = meta.get("base_fingerprint")
+    if not recorded:
+        raise MismatchError(f"task vector '{name}' records no base fingerprint, so it cannot be checked against the base {base.name}; pass force=True to apply it anyway.")
+    if recorded != base.fingerprint:
+        raise MismatchError(
+            f"task vector '{name}' was extracted from a different base (fingerprint {str(recorded)[:12]}, this base {base.fingerprint[:12]}); pass force=True to apply it anyway."
+        )
 
 
 def check_same_architecture(base: LoadedModel, other: LoadedModel) -> None:
@@ -250,14 +512,15 @@ def _arch(yaml: Mapping) -> str:
 
 
 def build_module(base: LoadedModel, state: Mapping[str, torch.Tensor], *, target_yaml: Mapping | None = None, names: Mapping[int, str] | None = None, device: str | torch.device | None = None) -> torch.nn.Module:
-    """A new fp32 module with ``state`` loaded: the base's architecture, or ``target_yaml`` when it differs.
+    """A new fp32 module with ``state`` loaded: the base's architecture, or ``target_yaml`` when it differs (validated
+    and sized before anything is built, see ``build_from_yaml``).
 
     ``device``: where the module is put before the state is copied in (a state merged on a GPU stays there).
     """
     if target_yaml is None or dict(target_yaml) == dict(base.yaml):
         module = copy.deepcopy(base.module)
     else:
-        module = _module_from_yaml(target_yaml, {k: tuple(v.shape) for k, v in state.items()})
+        module = build_from_yaml(target_yaml, "the target architecture of the task vector", {k: tuple(v.shape) for k, v in state.items()}, MismatchError)
         module.args = dict(base.module.args)
     if device is not None:
         module.to(device)
@@ -272,8 +535,98 @@ def build_module(base: LoadedModel, state: Mapping[str, torch.Tensor], *, target
     return module.float().eval()
 
 
+# ----------------------------------------------------------------------------------------------- building from yamls
+def ultralytics_layer(name: str) -> bool:
+    """True for a layer name Ultralytics' model builder may use from a file: a class of ``ultralytics.nn.modules``
+    that the builder can see (not a whole model, not a layer that downloads weights), or a plain torch layer."""
+    import ultralytics.nn.tasks as tasks
+
+    if name.startswith("nn."):
+        return name[3:] in TORCH_LAYERS
+    obj = vars(tasks).get(name)
+    return isinstance(obj, type) and issubclass(obj, torch.nn.Module) and obj.__module__.startswith("ultralytics.nn.modules") and name not in FETCHING_LAYERS
+
+
+register_layer_check(ultralytics_layer)  # vector files checked in the core use the same layer set
+
+
+def check_model_yaml(yaml: Any, where: str, error: type[TaskVecError] = CheckpointError) -> dict[str, Any]:
+    """The one validator for architecture yamls from files (vector metadata, converted models, checkpoints)."""
+    sections = [yaml.get(k) for k in ("backbone", "head")] if isinstance(yaml, Mapping) else []
+    for layer in (layer for section in sections if isinstance(section, list) for layer in section):
+        if isinstance(layer, list) and len(layer) > 2 and isinstance(layer[2], str) and layer[2] in FETCHING_LAYERS:
+            raise error(f"{where}: its model yaml uses {layer[2]}, which downloads weights when built; a model from a file cannot use it.")
+    return check_arch_yaml(yaml, where, error, is_layer=ultralytics_layer)
+
+
+def planned_shapes(yaml: Mapping[str, Any], where: str, error: type[TaskVecError] = CheckpointError) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes a (validated) yaml builds, computed on the meta device: nothing is allocated."""
+    from ultralytics.nn.tasks import parse_model
+
+    cfg = _without_activation(yaml)
+    with _BUILD_LOCK, _activation(yaml, where, error), _quiet_build(where, error), torch.device("meta"):
+        layers, _ = parse_model(cfg, ch=int(cfg.get("channels", cfg.get("ch", 3))), verbose=False)
+    return {f"model.{k}": tuple(v.shape) for k, v in layers.state_dict().items()}
+
+
+def build_from_yaml(yaml: Any, where: str, shapes: Mapping[str, Sequence[int]] | None = None, error: type[TaskVecError] = CheckpointError) -> torch.nn.Module:
+    """Build a model from a yaml read from a file: validated, sized on the meta device against the caps and the
+    memory available, then built without evaluating anything (the activation is resolved from ``schema``'s list).
+    With ``shapes`` (of the tensors it must hold), the class branch is resized to fit them (``fit_to_shapes``)."""
+    yaml = check_model_yaml(yaml, where, error)
+    planned = planned_shapes(yaml, where, error)
+    total = sum(math.prod(s) for s in planned.values())
+    if total > MAX_MODEL_VALUES or any(math.prod(s) > MAX_TENSOR_VALUES for s in planned.values()):
+        raise error(f"{where}: its model yaml builds {total:,} values, more than any YOLO model; the file is corrupt or malicious.")
+    check_allocation(4 * total, f"building the model of {where}", error)
+    if shapes is not None:
+        stored = sum(math.prod(s) for s in shapes.values())
+        check_allocation(4 * stored, f"loading the tensors of {where}", error)
+    with _BUILD_LOCK, _activation(yaml, where, error), _quiet_build(where, error):
+        module = _module_from_yaml(_without_activation(yaml), shapes)
+    if yaml.get("activation") is not None:
+        module.yaml["activation"] = yaml["activation"]  # kept for saving: a later rebuild uses it again
+    return module
+
+
+def _without_activation(yaml: Mapping[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy({k: v for k, v in yaml.items() if k != "activation"})
+
+
+@contextlib.contextmanager
+def _activation(yaml: Mapping[str, Any], where: str, error: type[TaskVecError]) -> Iterator[None]:
+    """``Conv.default_act`` set to the yaml's activation (built from ``schema``'s parse, never ``eval``ed) and
+    restored afterwards (Ultralytics 8.4.0 leaves it changed for the whole process)."""
+    from ultralytics.nn.modules import Conv
+
+    previous = Conv.default_act
+    if yaml.get("activation") is not None:
+        name, args, kwargs = parse_activation(yaml["activation"], where, error)
+        try:
+            Conv.default_act = getattr(torch.nn, name)(*args, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise error(f"{where}: its model yaml has activation {yaml['activation']!r}, which torch cannot build ({_first_line(e)}).") from e
+    try:
+        yield
+    finally:
+        Conv.default_act = previous
+
+
+@contextlib.contextmanager
+def _quiet_build(where: str, error: type[TaskVecError]) -> Iterator[None]:
+    """Any failure of Ultralytics' builder on a validated yaml is one sentence."""
+    try:
+        yield
+    except TaskVecError:
+        raise
+    except Exception as e:  # noqa: BLE001 - arguments that do not fit a layer surface as many exception types
+        raise error(f"{where}: its model yaml does not build ({_first_line(e)}).") from e
+
+
 def _module_from_yaml(yaml: Mapping, shapes: Mapping[str, Sequence[int]] | None = None) -> torch.nn.Module:
-    """Build a model from its yaml; with ``shapes`` (of the tensors it must hold), resize layers to fit them."""
+    """Build a model from its yaml; with ``shapes`` (of the tensors it must hold), resize layers to fit them.
+
+    Trusted yamls only (Ultralytics' own builder); a yaml read from a file goes through ``build_from_yaml``."""
     from ultralytics import YOLO
     from ultralytics.nn.tasks import guess_model_task
 
@@ -356,10 +709,12 @@ def _check_fp16_range(module: torch.nn.Module, path: Path) -> None:
             raise OutputError(f"cannot save {path}: {key} holds NaN or Inf values.")
 
 
-def save_checkpoint(model: Any, path: str | os.PathLike, *, provenance: Mapping[str, Any] | None = None, inputs: Iterable[str | os.PathLike] = (), train_args: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(model: Any, path: str | os.PathLike, *, provenance: Mapping[str, Any] | None = None, inputs: Iterable[str | os.PathLike] = (), train_args: Mapping[str, Any] | None = None, exist_ok: bool = True) -> Path:
     """Save a model as a standard Ultralytics checkpoint: fp16 ``model``, ``ema=None``, ``train_args``, provenance.
 
-    ``provenance`` (plain data) goes under the ``taskvec`` key. The write is atomic and never overwrites an input.
+    ``provenance`` (plain data) goes under the ``taskvec`` key. The write goes through torch's own serializer (not
+    Ultralytics' retrying ``torch.save``), is verified (``verify_archive``) and committed atomically; it never
+    overwrites an input, nor an existing file without ``exist_ok``, and an interrupted save leaves the previous file.
     """
     from ultralytics import __version__
 
@@ -391,9 +746,63 @@ def save_checkpoint(model: Any, path: str | os.PathLike, *, provenance: Mapping[
         "train_args": args,
         "taskvec": _plain(dict(provenance or {})),
     }
-    with atomic_output(path, inputs) as tmp, open(tmp, "wb") as f:
-        torch.save(ckpt, f)  # through a file object, so a full disk raises OSError(ENOSPC), not a bare RuntimeError
+    with atomic_output(path, inputs, exist_ok=exist_ok, verify=verify_archive) as tmp, open(tmp, "wb") as f:
+        _serialize(ckpt, f)
     return path
+
+
+class _WriteErrors:
+    """A file's ``write``/``flush`` that remember the first OSError: torch's archive writer turns it into a bare
+    RuntimeError ("unexpected pos"), which would hide a full disk or a file-size limit."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+
+def _serialize(obj: Any, f: Any) -> None:
+    """torch's own serializer into an open file, once (no retry appends a second archive to a half-written one);
+    a file-system error surfaces as the OSError it is."""
+    recorder = _WriteErrors(f)
+    try:
+        _torch_save(obj, recorder)
+        recorder.flush()
+    except Exception as e:
+        if recorder.error is not None:
+            raise recorder.error from e
+        raise
+
+
+def verify_archive(path: Path) -> None:
+    """Refuse a written checkpoint that is not exactly one complete torch archive: it starts at byte 0 and ends
+    with its zip end record (no second archive appended by a retried write), every member's CRC matches, and its
+    pickle parses to the end (read, never executed). ValueError with the reason otherwise."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 22))
+        tail = f.read(22)
+    damage = _damage(path) or (None if tail[:4] == b"PK\x05\x06" else "it does not end with its zip end record (bytes after the archive)")
+    if damage is None:
+        try:
+            for _ in pickletools.genops(_pickle_bytes(path)):
+                pass
+        except Exception as e:  # noqa: BLE001 - an incomplete pickle raises several types
+            damage = f"its pickle is incomplete ({type(e).__name__})"
+    if damage:
+        raise ValueError(damage)
 
 
 def _plain(obj: Any) -> Any:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +36,23 @@ def _list(value: str) -> list[str]:
 
 
 def _float(value: str) -> float:
+    """A decimal number as written (``0.5``, ``1e-3``, ``nan`` and ``inf`` pass to the range checks that name them);
+    Python's ``1_0`` and non-ASCII digits are refused."""
+    text = str(value).strip()
     try:
-        return float(value)
+        if "_" in text or not text.isascii():
+            raise ValueError(text)
+        return float(text)
     except ValueError as e:
         raise UsageError(f"'{value}' is not a number.") from e
 
 
 def _int(value: str) -> int:
+    text = str(value).strip()
     try:
-        return int(value)
+        if "_" in text or not text.isascii():
+            raise ValueError(text)
+        return int(text)
     except ValueError as e:
         raise UsageError(f"'{value}' is not an integer.") from e
 
@@ -54,23 +64,6 @@ def _bool(value: str) -> bool:
     if text in ("false", "0", "no"):
         return False
     raise UsageError(f"'{value}' is not true or false.")
-
-
-def _scale(value: str) -> float | dict[str, float]:
-    """``0.5`` or per part ``backbone:0.3,neck:0.5,head:1``."""
-    if ":" not in str(value):
-        return _float(value)
-    out = {}
-    for item in _list(value):
-        part, _, number = item.partition(":")
-        if not number:
-            raise UsageError(f"'{item}' is not part:scale.")
-        out[part.strip()] = _float(number)
-    return out
-
-
-def _floats(value: str) -> list[float]:
-    return [_float(v) for v in _list(value)]
 
 
 def _str(value: str) -> str:
@@ -121,7 +114,6 @@ ARGS: dict[str, Arg] = {
     "project": Arg(None, _str, "run folder parent, as yolo's project= (default runs_dir/taskvec)"),
     "name": Arg(None, _str, "run folder name, as yolo's name= (default the mode; incremented unless exist_ok)"),
     "exist_ok": Arg(False, _bool, "replace an existing output file / reuse an existing run folder (as yolo's exist_ok)"),
-    "trust": Arg(False, _bool, "unpickle .pt files with full code execution for this run (only for checkpoints you trust)"),
     "best": Arg(None, _str, "also save the chosen merge as this .pt checkpoint (with its recipe and model card)"),
     "verbose": Arg(True, _bool, "progress bars and tables (false for scripts)"),
     "scales": Arg("0:1:0.1", _str, "sweep grid: 0:1:0.1, 0,0.5,1, or per key: backbone=0:1:0.5;head=0,1;density=0.1,0.2"),
@@ -160,7 +152,7 @@ YOLO_CLASHES = {
     "workers": "yolo: dataloader worker processes; here: trials run in parallel",
     "seed": "yolo: the training seed; here: the seed of random merge methods and of the selection split",
 }
-RECIPE_KEYS = ("cfg", "base", "models", "vectors", "weights", "method", "scale", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force", "trust")
+RECIPE_KEYS = ("cfg", "base", "models", "vectors", "weights", "method", "scale", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force")
 SCORING_KEYS = ("data", "select", "reference", "metric", "objective", "batch", "half", "conf", "iou", "split")
 RUN_KEYS = ("out", "project", "name", "exist_ok", "best", "verbose")
 
@@ -178,8 +170,14 @@ def mode(name: str, args: Sequence[str], help: str, *, extra: bool = False) -> C
 
 
 # ----------------------------------------------------------------------------------------------- parsing
+GLOBAL_ARGS: dict[str, Arg] = {
+    "trust": Arg(False, _bool, "unpickle .pt files without restriction for this run (only for files you trust; same as YOLO_TASKVEC_TRUST=1)"),
+}
+
+
 def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """``(mode, typed args, extra raw args)``; raises UsageError with the closest names on a typo."""
+    """``(mode, typed args, extra raw args)``; raises UsageError with the closest names on a typo or a key given
+    twice. ``GLOBAL_ARGS`` (``trust=``) are accepted by every mode and returned among the typed args."""
     from ultralytics.cfg import merge_equals_args
 
     if not argv:
@@ -199,12 +197,21 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str]]:
         raise UsageError(str(e)) from e
     typed: dict[str, Any] = {}
     extra: dict[str, str] = {}
+    seen: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip().lstrip("-")
         if not sep or not value.strip():
             raise UsageError(f"argument '{pair}' is not key=value.")
-        if key in allowed:
+        if key in seen:
+            raise UsageError(f"argument {key}= is given twice ({seen[key]} and {value.strip()}); give it once.")
+        seen[key] = value.strip()
+        if key in GLOBAL_ARGS:
+            try:
+                typed[key] = GLOBAL_ARGS[key].parse(value.strip())
+            except UsageError as e:
+                raise UsageError(f"{key}: {e}") from e
+        elif key in allowed:
             typed[key] = _parse_value(key, value.strip())
         elif "*" in allowed and key not in ARGS:
             extra[key] = value.strip()
@@ -293,33 +300,13 @@ def _check_out(path: Any, args: dict[str, Any], inputs: list[Any]) -> None:
         raise UsageError(f"output {path} exists; pass exist_ok=true to replace it, or choose another name.")
 
 
-@contextlib.contextmanager
-def _trust(args: dict[str, Any]) -> Iterator[None]:
-    """``trust=true``: this run may unpickle .pt files with full code execution (only files the user trusts)."""
-    if not args.get("trust", False):
-        yield
-        return
-    previous = os.environ.get(TRUST_ENV)
-    os.environ[TRUST_ENV] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(TRUST_ENV, None)
-        else:
-            os.environ[TRUST_ENV] = previous
-
-
-TRUST_ENV = "YOLO_TASKVEC_TRUST"
-
-
 def _companions(out: Any) -> list[Path]:
     p = Path(out)
     return [p.with_name(p.stem + ".recipe.yaml"), p.with_name(p.stem + ".md")]
 
 
 # ----------------------------------------------------------------------------------------------- modes
-@mode("extract", ("base", "tuned", "out", "parts", "unmatched", "dtype", "label", "exist_ok", "trust"), "τ = tuned − base, saved as a safetensors task vector")
+@mode("extract", ("base", "tuned", "out", "parts", "unmatched", "dtype", "label", "exist_ok"), "τ = tuned − base, saved as a safetensors task vector")
 def run_extract(args: dict[str, Any]) -> None:
     from .api import TaskVector
     from .files import save_vector
@@ -329,15 +316,14 @@ def run_extract(args: dict[str, Any]) -> None:
     base, tuned = get(args, "base", True), get(args, "tuned", True)
     Recipe.build(base=base, inputs=[tuned], parts=args.get("parts"), unmatched=get(args, "unmatched"))  # checks before loading
     _check_out(out, args, [base, tuned])
-    with _trust(args):
-        tv = TaskVector.from_models(base, tuned, parts=[p for p in args["parts"].split(",")] if args.get("parts") else None, unmatched=get(args, "unmatched"), name=get(args, "label"))
+    tv = TaskVector.from_models(base, tuned, parts=[p for p in args["parts"].split(",")] if args.get("parts") else None, unmatched=get(args, "unmatched"), name=get(args, "label"))
     save_vector(tv, out, dtype=get(args, "dtype"), inputs=(base, tuned, tv.meta["base_source"], tv.meta["source"]))
     print(f"saved {out}: {tv!r}")
     if tv.absolute:
         print(f"carried {len(tv.absolute)} tensors as absolute values (no same-shape base counterpart)")
 
 
-_MERGE_KEYS = ("cfg", "base", "method", "scale", "weights", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force", "out", "exist_ok", "trust")
+_MERGE_KEYS = ("cfg", "base", "method", "scale", "weights", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force", "out", "exist_ok")
 
 
 @mode("apply", ("vectors", *[k for k in _MERGE_KEYS if k != "method"]), "base + scale·Σ vectors, saved as an Ultralytics checkpoint (with its recipe and model card)")
@@ -359,8 +345,7 @@ def _merge_and_save(args: dict[str, Any], extra: dict[str, str] | None, *, input
     inputs = [*_inputs_of(args), *(str(i.source) for i in recipe.inputs), str(recipe.base)]
     for path in [out, *_companions(out)]:
         _check_out(path, args, inputs)
-    with _trust(args):
-        merged = build.merge(recipe)
+    merged = build.merge(recipe)
     save(merged, out, inputs=inputs)
     print(f"saved {out}: {merged.task} model, {len(merged.model.names)} classes, {recipe.describe()}")
     print(f"       {Path(out).with_name(Path(out).stem + '.recipe.yaml')} (re-runs it), {Path(out).with_name(Path(out).stem + '.md')} (model card)")
@@ -379,21 +364,20 @@ def run_copy_cfg(args: dict[str, Any]) -> None:
     print(f"saved {out}: a recipe template; edit it, then: yolo-taskvec merge cfg={out} out=merged.pt")
 
 
-@mode("union-data", ("base", "models", "model", "data", "out", "split", "trust"), "dataset views with the class ids of a classes=union merge (labels remapped, images linked): model= the union .pt, or base= and models=")
+@mode("union-data", ("base", "models", "model", "data", "out", "split"), "dataset views with the class ids of a classes=union merge (labels remapped, images linked): model= the union .pt, or base= and models=")
 def run_union_data(args: dict[str, Any]) -> None:
     from .heads import union_classes, union_data
 
     data, out = get(args, "data", True).split(","), get(args, "out", True)
     if "model" in args and len(args["model"]) != 1:
         raise UsageError("union-data takes one union model in model=.")
-    with _trust(args):
-        classes = args["model"][0] if "model" in args else union_classes(get(args, "base", True), get(args, "models", True).split(","))
-        splits = [s.strip() for s in str(get(args, "split")).split(",") if s.strip()]
-        for path in union_data(classes, [d.strip() for d in data if d.strip()], out, splits=splits):
-            print(f"saved {path}")
+    classes = args["model"][0] if "model" in args else union_classes(get(args, "base", True), get(args, "models", True).split(","))
+    splits = [s.strip() for s in str(get(args, "split")).split(",") if s.strip()]
+    for path in union_data(classes, [d.strip() for d in data if d.strip()], out, splits=splits):
+        print(f"saved {path}")
 
 
-@mode("info", ("vectors", "model", "trust"), "summarize task vectors (norms, sparsity, size, cosine, sign conflicts) or checkpoints (parts, and how a merge was made)")
+@mode("info", ("vectors", "model"), "summarize task vectors (norms, sparsity, size, cosine, sign conflicts) or checkpoints (parts, and how a merge was made)")
 def run_info(args: dict[str, Any]) -> None:
     from .analysis import pairwise, summarize
     from .api import TaskVector
@@ -422,8 +406,7 @@ def run_info(args: dict[str, Any]) -> None:
         from .checkpoint import load_model
         from .provenance import describe_provenance
 
-        with _trust(args):
-            m = load_model(path)
+        m = load_model(path)
         counts: dict[str, int] = {}
         for key, t in m.state.items():
             if t.is_floating_point():
@@ -435,7 +418,7 @@ def run_info(args: dict[str, Any]) -> None:
             print(describe_provenance(provenance))
 
 
-@mode("compress", ("vectors", "out", "keep", "scope", "rank", "energy", "quant", "dtype", "calib", "calib_batches", "calib_mode", "base", "imgsz", "exist_ok", "trust"), "re-save a task vector compactly: top-k (keep=), low-rank (rank=/energy=), quantized (quant=), float storage (dtype=, fp16 here by default), BatchNorm statistics re-fitted on images (calib=)")
+@mode("compress", ("vectors", "out", "keep", "scope", "rank", "energy", "quant", "dtype", "calib", "calib_batches", "calib_mode", "base", "imgsz", "exist_ok"), "re-save a task vector compactly: top-k (keep=), low-rank (rank=/energy=), quantized (quant=), float storage (dtype=, fp16 here by default), BatchNorm statistics re-fitted on images (calib=)")
 def run_compress(args: dict[str, Any]) -> None:
     from .calib import calibrator
     from .compress import compress_file
@@ -449,9 +432,8 @@ def run_compress(args: dict[str, Any]) -> None:
     calib = {"calib_batches": get(args, "calib_batches"), "calib_mode": get(args, "calib_mode"), "base": args.get("base"), "calib_imgsz": parse_int(args["imgsz"], "imgsz", 32) if "imgsz" in args else None}
     if "calib" not in args and any(k in args for k in ("calib_batches", "calib_mode", "base", "imgsz")):
         raise UsageError("calib_batches=, calib_mode=, base= and imgsz= only apply to compress with calib= (dataset yamls).")
-    with _trust(args):
-        restat = calibrator(args["calib"], **calib) if "calib" in args else None
-        path, c = compress_file(vectors[0], out, dtype=args.get("dtype", "fp16"), restat=restat, **options)
+    restat = calibrator(args["calib"], **calib) if "calib" in args else None
+    path, c = compress_file(vectors[0], out, dtype=args.get("dtype", "fp16"), restat=restat, **options)
     size = path.stat().st_size
     print(f"saved {path}: {c['label']} | {size / 1e6:.3f} MB = {size / c['dense_fp16_bytes']:.1%} of the dense fp16 vector | relative error {c['relative_error']:.4f}")
 
@@ -468,7 +450,7 @@ def run_transform(args: dict[str, Any]) -> None:
     print(f"saved {result}")
 
 
-@mode("convert", ("model", "out", "dtype", "exist_ok", "trust"), "a trusted .pt checkpoint to a pickle-free .safetensors model (fp16 unless dtype=), or back to .pt; merge provenance is kept")
+@mode("convert", ("model", "out", "dtype", "exist_ok"), "a trusted .pt checkpoint to a pickle-free .safetensors model (fp16 unless dtype=), or back to .pt; merge provenance is kept")
 def run_convert(args: dict[str, Any]) -> None:
     from .convert import to_checkpoint, to_safetensors
 
@@ -479,11 +461,10 @@ def run_convert(args: dict[str, Any]) -> None:
     if kinds not in ((".pt", ".safetensors"), (".safetensors", ".pt")):
         raise UsageError(f"convert turns a .pt into a .safetensors model or back; got {kinds[0] or 'no suffix'} to {kinds[1] or 'no suffix'}.")
     _check_out(out, args, models)
-    with _trust(args):
-        if str(out).lower().endswith(".safetensors"):
-            to_safetensors(models[0], out, dtype=args.get("dtype", "fp16"), inputs=models)
-        else:
-            to_checkpoint(models[0], out)
+    if str(out).lower().endswith(".safetensors"):
+        to_safetensors(models[0], out, dtype=args.get("dtype", "fp16"), inputs=models)
+    else:
+        to_checkpoint(models[0], out)
     print(f"saved {out} (converted from {models[0]})")
 
 
@@ -498,7 +479,7 @@ def run_demo(args: dict[str, Any]) -> None:
 
 
 _RUN_ARGS = ("cfg", "base", "weights", *_RAW_SCORING[:-2], "method", "scale", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize",
-             "seed", "device", "imgsz", "force", "out", "project", "name", "exist_ok", "best", "verbose", "trust")
+             "seed", "device", "imgsz", "force", "out", "project", "name", "exist_ok", "best", "verbose")
 
 
 @mode("sweep", ("vectors", "models", "scales", *_RUN_ARGS), "validate base + merge(vectors) over a grid of recipe fields; table, chosen point, plot, resumable run folder", extra=True)
@@ -561,16 +542,15 @@ def _scored_run(args: dict[str, Any], extra: dict[str, str] | None, inputs_key: 
             if not inside:
                 _check_out(path, args, inputs)
     parse_bool(get(args, "verbose"), "verbose")
-    with _trust(args):
-        result = run(recipe, scoring, sections, folder)
-        print(result.table())
-        print("files: " + ", ".join(str(p) for p in result.files.values()))
-        if target:
-            save(result.best_model(), target, inputs=inputs)
-            print(f"saved {target}: the chosen merge ({result.best_text()}), with {Path(target).stem}.recipe.yaml and {Path(target).stem}.md")
+    result = run(recipe, scoring, sections, folder)
+    print(result.table())
+    print("files: " + ", ".join(str(p) for p in result.files.values()))
+    if target:
+        save(result.best_model(), target, inputs=inputs)
+        print(f"saved {target}: the chosen merge ({result.best_text()}), with {Path(target).stem}.recipe.yaml and {Path(target).stem}.md")
 
 
-@mode("val", ("model", "data", "imgsz", "batch", "device", "half", "conf", "iou", "split", "coco", "out", "exist_ok", "verbose", "trust"), "validate models on datasets (validators and batches built once); table, CSV/JSON out=")
+@mode("val", ("model", "data", "imgsz", "batch", "device", "half", "conf", "iou", "split", "coco", "out", "exist_ok", "verbose"), "validate models on datasets (validators and batches built once); table, CSV/JSON out=")
 def run_val(args: dict[str, Any]) -> None:
     from .evaluation import evaluate
     from .runs import Scoring
@@ -582,8 +562,7 @@ def run_val(args: dict[str, Any]) -> None:
         _check_out(out, args, [*models, *get(args, "data", True).split(",")])
     scoring = Scoring.build(get(args, "data", True), **{k: args[k] for k in ("imgsz", "batch", "device", "half", "conf", "iou", "split") if k in args})
     options = {"imgsz": scoring.imgsz, "batch": scoring.batch, "device": scoring.device, "half": scoring.half, "conf": scoring.conf, "iou": scoring.iou, "split": scoring.split, "coco": get(args, "coco")}
-    with _trust(args):
-        results = evaluate(models, list(scoring.data), **options, progress=get(args, "verbose"))
+    results = evaluate(models, list(scoring.data), **options, progress=get(args, "verbose"))
     print(results.table())
     if out is not None:
         (results.to_json if Path(out).suffix.lower() == ".json" else results.to_csv)(out)
@@ -602,7 +581,7 @@ def run_coco_export(args: dict[str, Any]) -> None:
     print(f"saved {out}: {len(coco['images'])} images, {len(coco['annotations'])} annotations, {len(coco['categories'])} categories")
 
 
-@mode("studio", ("cfg", "base", "models", "vectors", "weights", "method", "scale", "parts", "bn", "classes", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force", "trust", "data", "batch", "out", "project", "name", "exist_ok", "host", "port"),
+@mode("studio", ("cfg", "base", "models", "vectors", "weights", "method", "scale", "parts", "bn", "classes", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force", "data", "batch", "out", "project", "name", "exist_ok", "host", "port"),
       "an interactive merge studio in the browser: a slider per input, live predictions, score, save (pip install 'yolo-taskvec[studio]')", extra=True)
 def run_studio(args: dict[str, Any], extra: dict[str, str] | None = None) -> None:
     from .recipe import parse_int
@@ -612,8 +591,7 @@ def run_studio(args: dict[str, Any], extra: dict[str, str] | None = None) -> Non
     scoring = _scoring(args, sections)
     data = scoring["data"].split(",") if isinstance(scoring["data"], str) else list(scoring["data"])
     run = {k: args[k] for k in ("out", "project", "name", "exist_ok") if k in args}
-    with _trust(args):
-        launch(recipe, data=[d.strip() for d in data if d.strip()], batch=parse_int(scoring.get("batch", 16), "batch", 1), host=get(args, "host"), port=get(args, "port"), **run)
+    launch(recipe, data=[d.strip() for d in data if d.strip()], batch=parse_int(scoring.get("batch", 16), "batch", 1), host=get(args, "host"), port=get(args, "port"), **run)
 
 
 @mode("help", (), "show this help")
@@ -652,19 +630,51 @@ def run_version(args: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- entry
+class Terminated(BaseException):
+    """SIGTERM during a command: unwinds like Ctrl-C, so every temporary output is removed on the way out."""
+
+
+@contextlib.contextmanager
+def _run_context(trust: bool | None) -> Iterator[None]:
+    """For one command: ``trust=`` as ``YOLO_TASKVEC_TRUST``, and SIGTERM raising ``Terminated`` (main thread)."""
+    from .checkpoint import TRUST_ENV
+
+    saved_env = os.environ.get(TRUST_ENV)
+    if trust is not None:
+        os.environ[TRUST_ENV] = "1" if trust else "0"
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+
+        def terminate(signum: int, frame: Any) -> None:
+            raise Terminated
+
+        handler = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+        if trust is not None:
+            os.environ.pop(TRUST_ENV, None) if saved_env is None else os.environ.__setitem__(TRUST_ENV, saved_env)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit code (0, or 2 for bad input)."""
+    """Run one command; returns the exit code (0, 2 for bad input, 130/143 when interrupted/terminated)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         name, args, extra = parse(argv)
         fn = MODES[name][0]
-        fn(args, extra) if "*" in MODES[name][1] else fn(args)
+        with _run_context(args.pop("trust", None)):
+            fn(args, extra) if "*" in MODES[name][1] else fn(args)
     except TaskVecError as e:
         print(f"yolo-taskvec: error: {e}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
-        print("yolo-taskvec: interrupted", file=sys.stderr)
+        print("yolo-taskvec: interrupted; nothing was saved by the step that was running", file=sys.stderr)
         return 130
+    except Terminated:
+        print("yolo-taskvec: terminated; nothing was saved by the step that was running", file=sys.stderr)
+        return 143
     return 0
 
 

@@ -95,7 +95,7 @@ def read_labels(data: str | os.PathLike, split: str = "val") -> tuple[list[Label
     names = {int(k): str(v) for k, v in info["names"].items()}
     files = image_files(data, split)
     records = []
-    for file, label in zip(files, img2label_paths(files)):
+    for file, label in zip(files, img2label_paths([str(f) for f in files])):
         cls, boxes, segments = read_label_file(Path(label), len(names))
         h, w = _image_size(file)
         records.append(LabelRecord(file, h, w, cls, boxes, segments))
@@ -156,12 +156,24 @@ def coco_from_records(records: Sequence[LabelRecord], names: Mapping[int, str], 
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}
 
 
-def export_coco(data: str | os.PathLike, split: str = "val", out: str | os.PathLike | None = None) -> dict[str, Any]:
-    """COCO instances dict of a YOLO-layout dataset split (boxes, polygons for segment labels); ``out`` writes it."""
+def export_coco(data: str | os.PathLike, split: str = "val", out: str | os.PathLike | None = None, *, exist_ok: bool = True) -> dict[str, Any]:
+    """COCO instances dict of a YOLO-layout dataset split (boxes, polygons for segment labels); ``out`` writes it.
+
+    ``out`` may not lie inside the dataset's folders (its own ``annotations/instances_val.json`` is an input of
+    ``coco=True`` scoring) and replaces an existing file only with ``exist_ok``; both are checked before reading.
+    """
+    from .atomic import check_output
+    from .data import dataset_folders, resolve_yaml
+
+    protected: list[Path] = []
+    inputs = [data, resolve_yaml(Path(str(data)).expanduser())]
+    if out is not None:
+        protected = dataset_folders(data)
+        check_output(out, inputs, exist_ok=exist_ok, protect=protected)
     records, names = read_labels(data, split)
     coco = coco_from_records(records, names, description=f"{dataset_name(data)} {split} (from YOLO labels)")
     if out is not None:
-        write_text_atomic(out, json.dumps(coco), inputs=[data])
+        write_text_atomic(out, json.dumps(coco), inputs=inputs, exist_ok=exist_ok, protect=protected)
     return coco
 
 

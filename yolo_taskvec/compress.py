@@ -41,12 +41,13 @@ import torch
 
 from .errors import TaskVecError, VectorFileError
 from .files import DECODERS, DTYPES, dense_encoder, save_vector
+from .limits import MAX_TENSOR_VALUES
 from .taskvector import TaskVector, is_bn_stat
 
 SCOPES = ("tensor", "global")
 QUANTS = ("int8", "int4", "int3", "int2", "int1")
 OPTION_NAMES = ("keep", "scope", "rank", "energy", "quant")
-MAX_NUMEL = 1 << 28  # a decoded tensor may not be larger (no YOLO weight comes close); guards corrupted shapes
+MAX_NUMEL = MAX_TENSOR_VALUES  # a decoded tensor may not be larger (no YOLO weight comes close); guards corrupted shapes
 INT8_MAX = 127
 MAX_GAP = 255
 CLIPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05)  # low-bit scale search

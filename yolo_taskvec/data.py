@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,12 @@ def load_data(data: str | os.PathLike, split: str = "val") -> dict[str, Any]:
     if path.suffix.lower() not in (".yaml", ".yml"):
         raise DataError(f"dataset {text} is not a .yaml file.")
     text = str(resolve_yaml(path))
+    if Path(text).is_file():
+        try:
+            with open(text, "rb"):
+                pass
+        except OSError as e:
+            raise DataError(f"cannot read dataset yaml {text}: {(e.strerror or type(e).__name__).lower()}.") from e
     try:
         with _no_font_download():
             return check_det_dataset(text, autodownload=False, split=split)
@@ -100,3 +107,44 @@ def image_files(data: str | os.PathLike, split: str = "train") -> list[Path]:
 def dataset_name(data: str | os.PathLike) -> str:
     """Short name of a dataset yaml for tables and plots (``fruit80-night``)."""
     return Path(str(data)).stem
+
+
+SPLITS = ("train", "val", "test")
+
+
+def dataset_folders(data: str | os.PathLike) -> list[Path]:
+    """The folders a dataset yaml points at (its ``path:`` and each split's image folder, or a list file's folder):
+    outputs of any mode are refused inside them (``atomic.check_output(..., protect=...)``)."""
+    info = load_data(data, split="val")
+    folders = {Path(info["path"]).resolve()} if info.get("path") else set()
+    for split in SPLITS:
+        roots = info.get(split) or []
+        for root in roots if isinstance(roots, list) else [roots]:
+            root = Path(root)
+            folders.add((root if root.is_dir() else root.parent).resolve())
+    return sorted(folders)
+
+
+def dataset_identity(data: str | os.PathLike, splits: Iterable[str] = SPLITS) -> str:
+    """A SHA-256 naming one dataset's content, for resume keys (``data.yaml`` of two Roboflow exports share a stem):
+    the resolved yaml path, the yaml's bytes, and for each split its image files (relative path, size, mtime) and
+    its label files (relative path and content)."""
+    from ultralytics.data.utils import img2label_paths
+
+    path = resolve_yaml(Path(str(data)).expanduser()).resolve()
+    h = hashlib.sha256()
+    h.update(f"yaml|{path}\n".encode())
+    h.update(path.read_bytes())
+    info = load_data(data, split="val")
+    for split in splits:
+        if not info.get(split):
+            continue
+        files = image_files(data, split)
+        root = Path(os.path.commonpath([str(f) for f in files])) if len(files) > 1 else files[0].parent
+        h.update(f"\nsplit|{split}|{len(files)}\n".encode())
+        for image, label in zip(files, img2label_paths([str(f) for f in files])):
+            st = image.stat()
+            h.update(f"{image.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            label = Path(label)
+            h.update(hashlib.sha256(label.read_bytes()).digest() if label.is_file() else b"no-label")
+    return h.hexdigest()

@@ -46,10 +46,60 @@ from .bootstrap import ImageStats
 from .checkpoint import LoadedModel, ModelLike, load_model
 from .data import dataset_name, image_files, load_data, patched
 from .errors import DataError, TaskVecError
+from .limits import GB, MAX_BATCH, MAX_IMGSZ, available_memory
 
 BOX_METRICS = {"map50_95": "metrics/mAP50-95(B)", "map50": "metrics/mAP50(B)", "precision": "metrics/precision(B)", "recall": "metrics/recall(B)"}
 MASK_METRICS = {"mask_map50_95": "metrics/mAP50-95(M)", "mask_map50": "metrics/mAP50(M)", "mask_precision": "metrics/precision(M)", "mask_recall": "metrics/recall(M)"}
 TASKS = ("detect", "segment")
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+MIN_IMGSZ = 32  # the largest YOLO stride
+
+
+# ----------------------------------------------------------------------------------------------- entry checks
+def check_image_settings(imgsz: Any, batch: Any) -> tuple[int, int]:
+    """``(imgsz, batch)`` as ints within ``[32, MAX_IMGSZ]`` and ``[1, MAX_BATCH]``."""
+    for name, value, low, high in (("imgsz", imgsz, MIN_IMGSZ, MAX_IMGSZ), ("batch", batch, 1, MAX_BATCH)):
+        if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
+            raise TaskVecError(f"{name} must be an integer, got {value!r}.")
+        if not low <= value <= high:
+            raise TaskVecError(f"{name} must lie in [{low}, {high}], got {int(value)}.")
+    return int(imgsz), int(batch)
+
+
+def check_batch_memory(imgsz: int, batch: int, device: torch.device) -> None:
+    """Refuse settings whose input batch alone (uint8 images as decoded plus the fp32 tensor the model reads, a lower
+    bound of what validation allocates) does not fit in the memory available on ``device``."""
+    need = batch * 3 * imgsz * imgsz * (1 + 4)
+    free = None
+    if device.type == "cuda":
+        with contextlib.suppress(RuntimeError, AssertionError):
+            free = torch.cuda.mem_get_info(device)[0]
+    elif device.type == "cpu":
+        free = available_memory()
+    if free is not None and need > free:
+        raise TaskVecError(f"imgsz={imgsz} with batch={batch} needs at least {need / GB:.1f} GB for one input batch, more than the {free / GB:.1f} GB available on {device.type}; lower imgsz or batch.")
+
+
+def select_device_checked(device: Any) -> torch.device:
+    """Ultralytics' ``select_device`` with one sentence for a device that does not exist or cannot validate."""
+    from ultralytics.utils.torch_utils import select_device
+
+    try:
+        with quiet_ultralytics(True), torch_threads(None):  # select_device lowers torch's threads for training loaders
+            selected = select_device("" if device is None else device, verbose=False)
+    except (ValueError, AssertionError, RuntimeError) as e:
+        count = torch.cuda.device_count()
+        raise TaskVecError(f"device={device} is not available here ({count} CUDA device{'s' if count != 1 else ''}); use device=cpu{', 0' if count else ''}{' or mps' if torch.backends.mps.is_available() else ''}.") from e
+    if not isinstance(selected, torch.device) or selected.type not in DEVICE_TYPES:
+        raise TaskVecError(f"device={device} cannot run validation here; use cpu, a CUDA index such as 0 (or 0,1), or mps.")
+    return selected
+
+
+def check_finite(state: Mapping[str, torch.Tensor], label: str) -> None:
+    """Refuse a model with NaN or Inf weights: it would score 0.000 without a word."""
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise TaskVecError(f"model {label} holds NaN or Inf values in {len(bad)} tensors (e.g. {bad[0]}); it cannot be scored.")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -257,7 +307,7 @@ def has_segments(data: str | os.PathLike, split: str = "val") -> bool:
     """True when a split's label files hold polygons (segment data), False for box labels."""
     from ultralytics.data.utils import img2label_paths
 
-    for label in img2label_paths(image_files(data, split)):
+    for label in img2label_paths([str(f) for f in image_files(data, split)]):
         if os.path.isfile(label):
             with open(label, encoding="utf-8-sig") as f:
                 for line in f:
@@ -360,21 +410,18 @@ class Evaluator:
         threads: int | None = None,
         per_image: bool = False,
     ) -> None:
-        from ultralytics.utils.torch_utils import select_device
-
         yamls = [data] if isinstance(data, (str, os.PathLike)) else list(data)
         if not yamls:
             raise DataError("no dataset given; pass one or more dataset yamls.")
-        if batch < 1:
-            raise TaskVecError(f"batch must be at least 1, got {batch}.")
-        if conf is not None and not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:
+        imgsz, batch = check_image_settings(imgsz, batch)
+        if conf is not None and not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:  # NaN fails both comparisons
             raise TaskVecError(f"conf and iou must lie in [0, 1], got conf={conf}, iou={iou}.")
         self.imgsz, self.batch, self.conf, self.iou, self.split = int(imgsz), int(batch), conf, iou, split
         self.coco, self.verbose, self.progress, self.as_saved = coco, verbose, progress, as_saved
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise TaskVecError(f"threads must be a positive integer, got {threads!r}.")
-        with quiet_ultralytics(not verbose), torch_threads(None):  # select_device lowers torch's threads for training loaders
-            self.device = select_device("" if device is None else device, verbose=False)
+        self.device = select_device_checked(device)
+        check_batch_memory(self.imgsz, self.batch, self.device)
         self.threads = (threads or available_cpus()) if self.device.type == "cpu" else None
         self.half = (self.device.type == "cuda") if half is None else bool(half) and self.device.type != "cpu"
         self.datasets = [self._dataset(str(y)) for y in yamls]
@@ -419,6 +466,7 @@ class Evaluator:
             if task not in TASKS:
                 raise TaskVecError(f"{model_label(model)} is a {task} model; evaluation scores detect and segment models.")
             state = model_state(module, self.as_saved)
+            check_finite(state, model_label(model))
             names = check_class_names(dict(getattr(module, "names", None) or {}))
             key = (type(module).__name__, task, json.dumps(module.yaml, sort_keys=True, default=str), tuple(names.items()), tuple((k, tuple(v.shape)) for k, v in state.items()))
             template = self.templates.get(key)

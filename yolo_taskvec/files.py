@@ -28,7 +28,9 @@ import torch
 
 from . import packing
 from .atomic import atomic_output
-from .errors import VectorFileError
+from .errors import MismatchError, VectorFileError
+from .limits import MAX_MODEL_VALUES, MAX_TENSOR_VALUES, check_allocation
+from .schema import check_vector_meta
 from .taskvector import TaskVector
 
 FORMAT = "yolo-taskvec"
@@ -37,7 +39,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ROLES = ("delta", "absolute")
 CHECKSUM = "sha256"
 MODEL_FORMAT = "yolo-taskvec-model"  # a whole model converted to safetensors (convert.py), not a task vector
-MAX_TENSOR_VALUES = 2**28  # per tensor (1 GiB in fp32): a file cannot make the loader allocate without bound
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on the JSON header
+Shapes = Mapping[str, tuple[int, ...]]
 
 Encoder = Callable[[str, torch.Tensor], tuple[dict[str, torch.Tensor], dict[str, Any]]]
 Decoder = Callable[[dict[str, torch.Tensor], Mapping[str, Any], tuple[int, ...]], torch.Tensor]
@@ -73,8 +76,9 @@ def _name(role: str, key: str, field: str) -> str:
     return f"{role}/{key}#{field}" if field else f"{role}/{key}"
 
 
-def save_vector(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32", encoder: Encoder | None = None, extra_meta: Mapping[str, Any] | None = None, inputs: tuple = (), pack: bool = False) -> Path:
-    """Write ``tv`` to a safetensors file atomically. ``encoder`` defaults to dense ``dtype``; ``pack``: format 2."""
+def save_vector(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32", encoder: Encoder | None = None, extra_meta: Mapping[str, Any] | None = None, inputs: tuple = (), pack: bool = False, exist_ok: bool = True) -> Path:
+    """Write ``tv`` to a safetensors file atomically. ``encoder`` defaults to dense ``dtype``; ``pack``: format 2;
+    ``exist_ok=False`` refuses to replace an existing file (``atomic.check_output``)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -95,14 +99,31 @@ def save_vector(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32",
                 tensors[_name(role, key, field)] = value.contiguous()
             encodings[f"{role}/{key}"] = {**info, "role": role, "shape": list(t.shape)}
     meta = {**_jsonable(tv.meta), **_jsonable(dict(extra_meta or {})), "dtype": dtype}
+    check_vector_meta(meta, f"cannot save {path}", VectorFileError)  # what loading checks: never write a file it refuses
     metadata = {"format": FORMAT, "format_version": "1", "meta": json.dumps(meta), "encodings": json.dumps(encodings)}
     if pack:
         tensors, index = packing.pack(tensors, encodings)
         metadata = {"format": FORMAT, "format_version": str(packing.VERSION), "meta": json.dumps(meta), packing.INDEX: index}
     metadata[CHECKSUM] = content_digest(metadata, tensors)
-    with atomic_output(path, inputs) as tmp:
+    with atomic_output(path, inputs, exist_ok=exist_ok, verify=_verify_safetensors) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
+
+
+def _verify_safetensors(path: Path) -> None:
+    """The written file is one complete safetensors file: its header parses and its data ends where the file ends."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 0 < n <= MAX_HEADER_BYTES or 8 + n > size:
+            raise ValueError("its header is incomplete")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise ValueError("its header is not JSON") from e
+    ends = [info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"]
+    if 8 + n + max(ends, default=0) != size:
+        raise ValueError("its data does not end where the file ends")
 
 
 def content_digest(metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> str:
@@ -133,8 +154,8 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """``(meta, encodings)`` of a task-vector file, without reading tensors."""
+def read_header(path: str | os.PathLike, *, expected_shapes: Shapes | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``(meta, encodings)`` of a task-vector file, without reading tensors (both validated, see ``load_vector``)."""
     from safetensors import safe_open
 
     path = _check_path(path)
@@ -144,7 +165,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, dict
             names = set(f.keys())
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged header
         raise VectorFileError(f"{path} is not a valid safetensors file ({_first_line(e)}).") from e
-    return _parse_metadata(path, metadata, names)
+    return _parse_metadata(path, metadata, names, expected_shapes)
 
 
 def _check_path(path: str | os.PathLike) -> Path:
@@ -153,10 +174,19 @@ def _check_path(path: str | os.PathLike) -> Path:
         raise VectorFileError(f"task-vector file {path} not found.")
     if path.is_dir():
         raise VectorFileError(f"task-vector path {path} is a directory, not a .safetensors file.")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise VectorFileError(f"task-vector file {path} is empty (0 bytes).")
     if path.suffix.lower() == ".pt":
         raise VectorFileError(f"{path} is a .pt checkpoint, not a task-vector file; extract a vector first (yolo-taskvec extract).")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise VectorFileError(f"cannot read task-vector file {path}: {(e.strerror or type(e).__name__).lower()}.") from e
+    if size > 4 * MAX_MODEL_VALUES + MAX_HEADER_BYTES:
+        raise VectorFileError(f"task-vector file {path} is {size / 1e9:.1f} GB, larger than a vector of any YOLO model ({4 * MAX_MODEL_VALUES / 1e9:.1f} GB in fp32).")
+    check_allocation(size, f"reading {path}", VectorFileError)
     return path
 
 
@@ -165,7 +195,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _parse_metadata(path: Path, metadata: Mapping[str, str], names: set[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def _parse_metadata(path: Path, metadata: Mapping[str, str], names: set[str], expected_shapes: Shapes | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     if metadata.get("format") == MODEL_FORMAT:
         raise VectorFileError(f"{path} is a whole model converted to safetensors, not a task vector; use it as a model (base=, models=).")
     if metadata.get("format") != FORMAT:
@@ -176,34 +206,45 @@ def _parse_metadata(path: Path, metadata: Mapping[str, str], names: set[str]) ->
         raise VectorFileError(f"{path} has a corrupted format_version in its metadata.") from e
     if version > FORMAT_VERSION:
         raise VectorFileError(f"{path} uses task-vector format {version}; this yolo-taskvec reads up to {FORMAT_VERSION}, upgrade it.")
+    if not isinstance(metadata.get(CHECKSUM), str):
+        raise VectorFileError(f"{path} has no {CHECKSUM} checksum in its metadata; yolo-taskvec records one in every file, so this one was altered after it was saved.")
     packed = version >= packing.VERSION
     try:
         meta = json.loads(metadata["meta"])
         encodings = json.loads(metadata["encodings"]) if not packed else None
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, json.JSONDecodeError, RecursionError) as e:
         raise VectorFileError(f"{path} has corrupted metadata (the 'meta' or 'encodings' JSON is unreadable).") from e
     if packed:
         try:
             encodings = packing.read_index(metadata.get(packing.INDEX))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise VectorFileError(f"{path} has a corrupted packed index ({_first_line(e)}).") from e
     if not isinstance(meta, dict) or not isinstance(encodings, dict):
         raise VectorFileError(f"{path} has corrupted metadata ('meta' and 'encodings' must be JSON objects).")
+    check_vector_meta(meta, str(path), VectorFileError)
     expected: set[str] = set()
+    total = 0
     for name, info in encodings.items():
         role, _, key = name.partition("/")
         if role not in ROLES or not key or not isinstance(info, dict) or info.get("kind") not in DECODERS:
-            raise VectorFileError(f"{path} has a corrupted encoding entry for {name!r}.")
+            raise VectorFileError(f"{path} has a corrupted encoding entry for {name[:80]!r}.")
         shape = info.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-            raise VectorFileError(f"{path} has a corrupted shape for {name}.")
-        if math.prod(shape) > MAX_TENSOR_VALUES:
+        if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+            raise VectorFileError(f"{path} has a corrupted shape for {name[:80]}.")
+        numel = math.prod(shape)
+        if numel > MAX_TENSOR_VALUES:
             raise VectorFileError(f"{path} declares {name} with shape {shape}, larger than any YOLO tensor; the file is corrupt or malicious.")
+        total += numel
+        if expected_shapes is not None and role == "delta":
+            _check_against_base(path, key, shape, expected_shapes)
         if packed:
             continue
         expected |= {n for n in names if n == name or n.startswith(name + "#")}
         if not any(n == name or n.startswith(name + "#") for n in names):
             raise VectorFileError(f"{path} is missing tensor {name} listed in its metadata.")
+    if total > MAX_MODEL_VALUES:
+        raise VectorFileError(f"{path} declares {total:,} values in all, more than a vector of any YOLO model holds; the file is corrupt or malicious.")
+    check_allocation(4 * total, f"decoding {path} ({total:,} values)", VectorFileError)
     if packed:
         expected = packing.blob_names(encodings)
         if not expected <= names:
@@ -212,6 +253,14 @@ def _parse_metadata(path: Path, metadata: Mapping[str, str], names: set[str]) ->
     if extra:
         raise VectorFileError(f"{path} holds {len(extra)} tensors not listed in its metadata (e.g. {extra[0]}).")
     return meta, encodings
+
+
+def _check_against_base(path: Path, key: str, shape: list[int], base: Shapes) -> None:
+    """A delta must have the shape of the base tensor it is added to (checked before anything is decoded)."""
+    if key not in base:
+        raise MismatchError(f"{path}: its delta {key} has no counterpart in the base.")
+    if tuple(base[key]) != tuple(shape):
+        raise MismatchError(f"{path}: its delta {key} declares shape {tuple(shape)}, the base's tensor has {tuple(base[key])}.")
 
 
 def read_snapshot(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -232,19 +281,24 @@ def read_snapshot(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, to
     return metadata, tensors
 
 
-def load_vector(path: str | os.PathLike, cls: type[TaskVector] = TaskVector) -> TaskVector:
-    """Read a task-vector file (dense or compressed) into a dense fp32 TaskVector; checks every tensor."""
+def load_vector(path: str | os.PathLike, cls: type[TaskVector] = TaskVector, *, expected_shapes: Shapes | None = None) -> TaskVector:
+    """Read a task-vector file (dense or compressed) into a dense fp32 TaskVector; checks every tensor.
+
+    Before anything is decoded: the metadata's types and architecture yamls (``schema``), every declared shape and
+    their total against fixed caps and the memory available, and, with ``expected_shapes`` (the base's state-dict
+    shapes), every delta's shape against the base tensor it will be added to.
+    """
     path = _check_path(path)
     try:
         metadata, raw = read_snapshot(path)
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise VectorFileError(f"{path} is not a valid safetensors file ({_first_line(e)}).") from e
-    meta, encodings = _parse_metadata(path, metadata, set(raw))
+    recorded = metadata.get(CHECKSUM)
+    if isinstance(recorded, str) and recorded != content_digest(metadata, raw):  # a missing one: _parse_metadata
+        raise VectorFileError(f"{path} is corrupt: its content does not match the sha256 recorded when it was saved (damaged in transfer?).")
+    meta, encodings = _parse_metadata(path, metadata, set(raw), expected_shapes)
     deltas: dict[str, torch.Tensor] = {}
     absolute: dict[str, torch.Tensor] = {}
-    recorded = metadata.get(CHECKSUM)
-    if recorded is not None and recorded != content_digest(metadata, raw):  # files written before checksums: no check
-        raise VectorFileError(f"{path} is corrupt: its content does not match the sha256 recorded when it was saved (damaged in transfer?).")
     if int(metadata["format_version"]) >= packing.VERSION:  # validated by _parse_metadata
         try:
             raw = packing.unpack(raw, encodings)

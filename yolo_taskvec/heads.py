@@ -444,26 +444,34 @@ def _final_conv(template: nn.Conv2d, ws: list[torch.Tensor], biases: list[torch.
 
 
 # ----------------------------------------------------------------------------------------------- data views
-def union_data(classes: Any, data: Sequence[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike, *, splits: Sequence[str] | None = None) -> list[Path]:
+def union_data(classes: Any, data: Sequence[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike, *, splits: Sequence[str] | None = None, exist_ok: bool = True) -> list[Path]:
     """For each dataset yaml, a view with the union's class ids under ``out/<dataset>/`` and its yaml; returns the yamls.
 
     ``classes``: a ClassUnion, a names mapping, or a (union) model whose names are the union's. Images are symlinked
     file by file (Ultralytics finds labels beside them), label files are copied with remapped ids, and ``names`` is
     the union's. Each view is built in a temporary folder and moved into place, so a failure leaves no half view.
+    Before anything is written: ``out`` must be writable and outside every input dataset, no view yaml may be an
+    input yaml, and existing view yamls are replaced only with ``exist_ok``.
     """
-    from .atomic import write_text_atomic
+    from .atomic import check_output, check_output_folder, write_text_atomic
+    from .data import dataset_folders, resolve_yaml
 
     target = classes.names if isinstance(classes, ClassUnion) else class_names(classes)
     union = ClassUnion(target, {})
-    out = Path(out).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output {out} is a file; union-data writes a folder of dataset views.")
+    if Path(out).expanduser().exists() and not Path(out).expanduser().is_dir():
+        raise OutputError(f"output {Path(out).expanduser().resolve()} is a file; union-data writes a folder of dataset views.")
     yamls = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if not yamls:
         raise DataError("union_data needs at least one dataset yaml.")
     stems = [Path(str(y)).stem for y in yamls]
     if len(set(stems)) < len(stems):
         raise DataError(f"two dataset yamls share a name ({', '.join(sorted({s for s in stems if stems.count(s) > 1}))}); their views would overwrite each other.")
+    inputs = [*yamls, *(resolve_yaml(Path(str(y)).expanduser()) for y in yamls)]
+    protected = [folder for y in yamls for folder in dataset_folders(y)]
+    out = check_output_folder(out, inputs, protect=protected).resolve()
+    for stem in stems:
+        if (out / stem).exists() or (out / f"{stem}.yaml").exists():
+            check_output(out / f"{stem}.yaml", inputs, exist_ok=exist_ok, protect=protected)
     plans = [_plan_view(union, yaml, out / stem, splits) for yaml, stem in zip(yamls, stems)]  # check all before writing
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -475,7 +483,7 @@ def union_data(classes: Any, data: Sequence[str | os.PathLike] | str | os.PathLi
             lines.append(f"train: images/{chosen[0]}  # no train split in this view")
         lines.append("names:")
         lines += [f"  {i}: {_yaml_str(name)}" for i, name in target.items()]
-        written.append(write_text_atomic(out / f"{stem}.yaml", "\n".join(lines) + "\n"))
+        written.append(write_text_atomic(out / f"{stem}.yaml", "\n".join(lines) + "\n", inputs, exist_ok=exist_ok, protect=protected))
     return written
 
 
@@ -536,7 +544,7 @@ def _build_view(out: Path, stem: str, info: Mapping[str, Any], splits: Sequence[
                 link = tmp / "images" / split / rel
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(image.resolve())
-                source = Path(img2label_paths([image])[0])
+                source = Path(img2label_paths([str(image)])[0])
                 if source.exists():
                     label = (tmp / "labels" / split / rel).with_suffix(".txt")
                     label.parent.mkdir(parents=True, exist_ok=True)

@@ -23,13 +23,15 @@ from typing import Any
 
 import torch
 
+from .limits import MAX_TENSOR_VALUES
+
 VERSION = 2  # format_version of packed files; plain files stay version 1
 INDEX = "index"
 BLOB = "blob/"
 BLOB_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I8": torch.int8, "U8": torch.uint8}
 CODES = {v: k for k, v in BLOB_DTYPES.items()}
 MAX_INDEX_BYTES = 64 << 20  # decompressed index; a YOLO26x vector needs well under 1 MB
-MAX_FIELD_VALUES = 2**28
+MAX_FIELD_VALUES = MAX_TENSOR_VALUES  # a stored field is never larger than the tensor it encodes
 
 
 def pack(tensors: Mapping[str, torch.Tensor], encodings: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, torch.Tensor], str]:

@@ -231,14 +231,18 @@ def transform_dataset(
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
     verbose: bool = True,
+    exist_ok: bool = True,
 ) -> TransformResult:
     """Write a transformed copy of a dataset: every split's images through ``preset``, labels copied unchanged.
 
     ``out`` is a new folder (refused if it exists or lies inside the source dataset); it appears complete or not at
-    all (built in a temporary folder beside it, then renamed). ``params`` overrides preset parameters, e.g.
-    ``{"gamma": (1.5, 2.0), "quality": 95}``. Returns the folder and the yaml written beside it.
+    all (built in a temporary folder beside it, then renamed). The yaml written beside it (``<out>.yaml``) may not
+    be the source yaml nor lie in the source dataset, and replaces an existing file only with ``exist_ok``.
+    ``params`` overrides preset parameters, e.g. ``{"gamma": (1.5, 2.0), "quality": 95}``. Returns the folder and
+    the yaml written beside it.
     """
-    from .data import image_files, load_data
+    from .atomic import check_output, write_text_atomic
+    from .data import dataset_folders, image_files, load_data, resolve_yaml
 
     if out is None:
         raise OutputError("transform needs an output folder (out=).")
@@ -247,6 +251,9 @@ def transform_dataset(
     info = load_data(data, split="val")
     root = Path(info["path"]).resolve()
     out = _check_out_folder(Path(out).expanduser(), root)
+    source_yaml = resolve_yaml(Path(str(data)).expanduser())
+    protected = dataset_folders(data)
+    beside = check_output(out.parent / f"{out.name}.yaml", [source_yaml, data], exist_ok=exist_ok, protect=protected)  # before any work
     raw = _raw_yaml(info, data)
     images = _collect_images(raw, info, root, image_files, data)
 
@@ -275,10 +282,8 @@ def transform_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    from .atomic import write_text_atomic
-
     located = {"path": str(out.resolve()), **{k: v for k, v in raw.items() if k != "path"}}
-    beside = write_text_atomic(out.parent / f"{out.name}.yaml", _yaml_text(located, record, out.name))
+    beside = write_text_atomic(beside, _yaml_text(located, record, out.name), [source_yaml, data], exist_ok=exist_ok, protect=protected)
     return TransformResult(out, beside, len(images), labels, record)
 
 
