@@ -26,7 +26,7 @@ from test_bad_inputs import SMALL, cli_error, leftovers, rewrite, sha256
 from yolo_taskvec import TaskVector, merge
 from yolo_taskvec.atomic import check_output, check_output_folder
 from yolo_taskvec.checkpoint import check_vector_base, load_model
-from yolo_taskvec.errors import CheckpointError, DataError, MismatchError, OutputError, TaskVecError, VectorFileError
+from yolo_taskvec.errors import CheckpointError, MismatchError, OutputError, TaskVecError, VectorFileError
 from yolo_taskvec.files import load_vector
 
 SCRIPT = Path(sys.executable).parent / "yolo-taskvec"

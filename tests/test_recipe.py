@@ -59,7 +59,7 @@ BAD_FIELDS = [
     ({"scale": "backbone=0.5,nek=1"}, "unknown part 'nek' in scale; did you mean neck"),
     ({"parts": ["backbone", "tail"]}, "unknown part 'tail'"),
     ({"weights": [1, 2]}, "got 2 weights for 1 inputs"),
-    ({"weights": [0]}, "every input weight is 0"),
+    ({"weights": [0]}, "all weights are zero, so the merge would be the base unchanged"),
     ({"device": "tpu"}, "unknown device 'tpu'"),
     ({"device": "cuda:9"}, "device 'cuda:9'"),
     ({"imgsz": -320}, "imgsz must be between 32 and"),
@@ -133,7 +133,7 @@ def test_copy_cfg_template_is_a_runnable_recipe(tmp_path, capsys, monkeypatch):
     assert main(["copy-cfg"]) == 0
     text = (tmp_path / "recipe.yaml").read_text()
     assert text == template() and "# " in text
-    assert main(["copy-cfg"]) == 2 and "exists; pass exist_ok=true" in capsys.readouterr().err  # never replaced silently
+    assert main(["copy-cfg"]) == 2 and "already exists; choose another name, or add exist_ok=true" in capsys.readouterr().err  # never replaced silently
     recipe = Recipe.from_yaml(tmp_path / "recipe.yaml", scale=0.25)
     assert recipe.base == "yolo26n-base80.pt" and recipe.scale == 0.25 and recipe.inputs[0].name == "night"
     assert main(["merge", "cfg=recipe.yaml", "scale=0.5", "out=m.pt"]) == 0  # bare names through weights_dir
@@ -239,7 +239,7 @@ LAYERS = {
     "engine": 3,
     "top": 4,
 }
-CORE = {"plain", "version", "packing", "atomic", "parts", "bn", "taskvector", "merging", "files", "compress", "analysis", "recipe", "plots"}
+CORE = {"plain", "version", "limits", "schema", "packing", "atomic", "parts", "bn", "taskvector", "merging", "files", "compress", "analysis", "recipe", "plots"}
 ENGINE = {"runs", "sweep", "search", "soup", "demo", "studio"}
 TOP = {"api", "cli", "callbacks", ""}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .version import __version__
 from . import compress  # noqa: F401  (registers the compact encodings with files.DECODERS)
 from .api import TaskVector, merge, save
 from .bn import POLICIES as BN_POLICIES
@@ -20,6 +19,7 @@ from .search import search
 from .soup import greedy_soup
 from .swap import swap, swapped, unswap
 from .sweep import sweep
+from .version import __version__
 
 __all__ = [
     "BN_POLICIES",

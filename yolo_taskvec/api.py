@@ -19,7 +19,7 @@ from . import build
 from .calib import save_compact
 from .checkpoint import ModelLike
 from .provenance import save_model
-from .recipe import Recipe, as_recipe
+from .recipe import as_recipe
 from .taskvector import Scale
 from .vectors import TaskVector as _IOVector
 

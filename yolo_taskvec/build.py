@@ -23,13 +23,28 @@ from pathlib import Path
 from typing import Any
 
 from . import bn as bn_policy
-from .checkpoint import LoadedModel, build_module, input_file, load_model, resolve_weights, to_yolo
+from .checkpoint import (
+    LoadedModel,
+    build_module,
+    input_file,
+    load_model,
+    resolve_weights,
+    to_yolo,
+)
 from .errors import MismatchError, TaskVecError
 from .merging import merge_states
 from .provenance import file_sha256, merge_provenance, merged_train_args
 from .recipe import Recipe, RecipeError
 from .taskvector import TaskVector
-from .vectors import as_vector, check_fingerprints, class_sets_differ, input_paths, is_vector_file, short_names, without_class_branch
+from .vectors import (
+    as_vector,
+    check_fingerprints,
+    class_sets_differ,
+    input_paths,
+    is_vector_file,
+    short_names,
+    without_class_branch,
+)
 
 
 @dataclass
@@ -158,5 +173,5 @@ def merge(recipe: Recipe) -> Any:
     if not isinstance(recipe, Recipe):
         raise RecipeError(f"merge needs a Recipe, got {type(recipe).__name__}.")
     if all(w == 0 for w in recipe.weights):
-        raise RecipeError("every input weight is 0, so the merge would be the base unchanged; give at least one non-zero weight.")
+        raise RecipeError("all weights are zero, so the merge would be the base unchanged; give at least one non-zero weight.")
     return build_merged(prepare(recipe))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import json
 import math
 import os
 import pickle
@@ -32,10 +33,24 @@ from typing import Any
 import torch
 
 from .atomic import atomic_output
-from .errors import CheckpointError, MismatchError, OutputError, TaskVecError
+from .errors import (
+    CheckpointError,
+    MismatchError,
+    OutputError,
+    TaskVecError,
+    first_line,
+)
+from .files import MAX_HEADER_BYTES, MODEL_FORMAT, read_snapshot
 from .limits import MAX_MODEL_VALUES, MAX_TENSOR_VALUES, check_allocation
 from .parts import Layout
-from .schema import check_arch_yaml, check_names, parse_activation, register_layer_check
+from .plain import plain
+from .schema import (
+    TASKS,
+    check_arch_yaml,
+    check_names,
+    parse_activation,
+    register_layer_check,
+)
 from .taskvector import fingerprint
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
@@ -350,9 +365,9 @@ def _restricted_load(path: Path) -> Any:
         with _LOAD_LOCK, torch.serialization.safe_globals(entries):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise _refusal(path, f"the restricted unpickler refused it ({_first_line(e)[:120]})") from e
+        raise _refusal(path, f"the restricted unpickler refused it ({first_line(e)[:120]})") from e
     except Exception as e:  # noqa: BLE001 - any other failure inside unpickling is one user-facing condition
-        raise CheckpointError(f"cannot load {path}: {_first_line(e)}") from e
+        raise CheckpointError(f"cannot load {path}: {first_line(e)}") from e
 
 
 def _trusted_load(path: Path) -> Any:
@@ -364,13 +379,10 @@ def _trusted_load(path: Path) -> Any:
     try:
         ckpt, _ = torch_safe_load(str(path), safe_only=False)
     except Exception as e:  # noqa: BLE001 - any failure inside unpickling is one user-facing condition
-        raise CheckpointError(f"cannot load {path}: {_first_line(e)}") from e
+        raise CheckpointError(f"cannot load {path}: {first_line(e)}") from e
     return ckpt
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().replace("ERROR ❌️ ", "")
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _torch_load(path: Path, trust: bool | None) -> Any:
@@ -461,9 +473,7 @@ def load_model(source: ModelLike, *, trust: bool | None = None) -> LoadedModel:
     if isinstance(source, LoadedModel):
         return source
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".safetensors":
-        from .convert import load_converted  # a model converted to safetensors: no pickle involved
-
-        return load_converted(source)
+        return load_converted(source)  # a model converted to safetensors: no pickle involved
     if isinstance(source, (str, os.PathLike)):
         return _check_unfused(_from_checkpoint(resolve_weights(source), trust))
     from ultralytics.engine.model import Model
@@ -605,7 +615,7 @@ def _activation(yaml: Mapping[str, Any], where: str, error: type[TaskVecError]) 
         try:
             Conv.default_act = getattr(torch.nn, name)(*args, **kwargs)
         except (TypeError, ValueError) as e:
-            raise error(f"{where}: its model yaml has activation {yaml['activation']!r}, which torch cannot build ({_first_line(e)}).") from e
+            raise error(f"{where}: its model yaml has activation {yaml['activation']!r}, which torch cannot build ({first_line(e)}).") from e
     try:
         yield
     finally:
@@ -620,7 +630,7 @@ def _quiet_build(where: str, error: type[TaskVecError]) -> Iterator[None]:
     except TaskVecError:
         raise
     except Exception as e:  # noqa: BLE001 - arguments that do not fit a layer surface as many exception types
-        raise error(f"{where}: its model yaml does not build ({_first_line(e)}).") from e
+        raise error(f"{where}: its model yaml does not build ({first_line(e)}).") from e
 
 
 def _module_from_yaml(yaml: Mapping, shapes: Mapping[str, Sequence[int]] | None = None) -> torch.nn.Module:
@@ -744,7 +754,7 @@ def save_checkpoint(model: Any, path: str | os.PathLike, *, provenance: Mapping[
         "updates": None,
         "optimizer": None,
         "train_args": args,
-        "taskvec": _plain(dict(provenance or {})),
+        "taskvec": plain(dict(provenance or {})),
     }
     with atomic_output(path, inputs, exist_ok=exist_ok, verify=verify_archive) as tmp, open(tmp, "wb") as f:
         _serialize(ckpt, f)
@@ -805,14 +815,113 @@ def verify_archive(path: Path) -> None:
         raise ValueError(damage)
 
 
-def _plain(obj: Any) -> Any:
-    """Provenance as plain Python data, so loading the checkpoint needs no yolo_taskvec import."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    return repr(obj)
+# ----------------------------------------------------------------------------------------------- converted models (safetensors)
+MODEL_FORMAT_VERSION = 1  # what `convert` writes (yolo_taskvec.convert); read here so loading never needs convert
+
+
+def is_converted_model(path: str | os.PathLike) -> bool:
+    """True for a safetensors file written by ``to_safetensors`` (reads the header only)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == MODEL_FORMAT
+    except Exception:  # noqa: BLE001 - not readable as safetensors: not a converted model
+        return False
+
+
+def load_converted(source: str | os.PathLike) -> LoadedModel:
+    """A converted model as an fp32 LoadedModel; one clear CheckpointError for anything wrong with the file.
+
+    The header is checked before any tensor is read: metadata types, the yaml (``check_model_yaml``), the shapes
+    the yaml builds (on the meta device) against the shapes the file declares, and their size against the caps.
+    """
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    path = resolve_weights(source, suffixes=(".safetensors",))
+    metadata, shapes = _read_header(path)
+    yaml, names, task, train_args, provenance = _parse_model_metadata(path, metadata)
+    _check_declared_shapes(path, yaml, shapes)
+    try:
+        again, tensors = read_snapshot(path)  # one read: header and data of the same version of the file
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise CheckpointError(f"{path} is not a valid safetensors file ({first_line(e)}).") from e
+    if again != metadata or {k: tuple(t.shape) for k, t in tensors.items()} != shapes:
+        raise CheckpointError(f"{path} changed while it was being read; try again.")
+    module = build_from_yaml(yaml, str(path), shapes)
+    own = module.state_dict()
+    if set(own) != set(shapes) or any(tuple(own[k].shape) != shapes[k] for k in own):
+        key = next((k for k in sorted(set(own) ^ set(shapes))), None) or next(k for k in own if tuple(own[k].shape) != shapes[k])
+        raise CheckpointError(f"{path}: its tensors do not fit the architecture in its metadata (e.g. {key}).")
+    module.load_state_dict({k: tensors[k].to(own[k].dtype) for k in own}, strict=True)
+    module = module.float().eval()
+    module.names = names
+    module.task = task
+    module.args = {**DEFAULT_CFG_DICT, **train_args}
+    module.pt_path = str(path)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(module, str(path), {"train_args": train_args, **({"taskvec": provenance} if provenance else {})}, path)
+
+
+def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """``(metadata, tensor shapes)`` from a safetensors header alone (no tensor data is read)."""
+    bad = CheckpointError(f"{path} is not a valid safetensors file (its header is damaged).")
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= MAX_HEADER_BYTES:
+                raise bad
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, RecursionError) as e:
+        raise bad from e
+    if not isinstance(header, dict):
+        raise bad
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise bad
+    shapes = {}
+    for key, info in header.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise bad
+        shapes[key] = tuple(shape)
+    return metadata, shapes
+
+
+def _parse_model_metadata(path: Path, metadata: Mapping[str, str]) -> tuple[dict[str, Any], dict[int, str], str, dict[str, Any], dict[str, Any]]:
+    if metadata.get("format") != MODEL_FORMAT:
+        what = "a task vector" if metadata.get("format") == "yolo-taskvec" else "not a converted yolo-taskvec model"
+        raise CheckpointError(f"{path} is {what}, not a model; models are .pt checkpoints or files written by 'yolo-taskvec convert'.")
+    try:
+        version = int(metadata.get("format_version", ""))
+        yaml, names = json.loads(metadata["yaml"]), json.loads(metadata["names"])
+        train_args, task = json.loads(metadata.get("train_args") or "{}"), metadata["task"]
+        provenance = json.loads(metadata.get("taskvec") or "{}")  # a merge's recipe and hashes (plain data)
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"{path} has corrupted model metadata (yaml, names, task or train_args).") from e
+    if version > MODEL_FORMAT_VERSION:
+        raise CheckpointError(f"{path} uses converted-model format {version}; this yolo-taskvec reads up to {MODEL_FORMAT_VERSION}, upgrade it.")
+    if not isinstance(yaml, dict) or not isinstance(names, dict) or not isinstance(train_args, dict) or not isinstance(provenance, dict):
+        raise CheckpointError(f"{path} has corrupted model metadata (yaml, names, train_args and taskvec must be JSON objects).")
+    if task not in TASKS:
+        raise CheckpointError(f"{path} has task {task[:20]!r} in its metadata, not one of {', '.join(TASKS)}.")
+    return check_model_yaml(yaml, str(path)), check_names(names, str(path), CheckpointError), task, train_args, provenance
+
+
+def _check_declared_shapes(path: Path, yaml: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """The file's tensors must be those of the model its yaml builds (class branch aside: see ``fit_to_shapes``),
+    within the caps and the memory available; checked on shapes, before any tensor is read."""
+    planned = planned_shapes(yaml, str(path))
+    head = f"model.{len(yaml['backbone']) + len(yaml['head']) - 1}."
+    branch = (head + "cv3.", head + "one2one_cv3.")
+    odd = sorted(set(planned) ^ set(shapes)) or [k for k in sorted(planned) if planned[k] != shapes[k] and not k.startswith(branch)]
+    if odd:
+        raise CheckpointError(f"{path}: its tensors do not fit the architecture in its metadata (e.g. {odd[0]}).")
+    for key, shape in shapes.items():
+        if math.prod(shape) > MAX_TENSOR_VALUES:
+            raise CheckpointError(f"{path} declares tensor {key} with shape {list(shape)}, larger than any YOLO tensor; the file is corrupt or malicious.")
+    total = sum(math.prod(s) for s in shapes.values())
+    if total > MAX_MODEL_VALUES:
+        raise CheckpointError(f"{path} declares {total:,} values, more than any YOLO model; the file is corrupt or malicious.")
+    check_allocation(8 * total, f"loading {path}", CheckpointError)  # the file's tensors and the model's

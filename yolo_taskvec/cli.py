@@ -295,9 +295,7 @@ def _check_out(path: Any, args: dict[str, Any], inputs: list[Any]) -> None:
     from .atomic import check_output
     from .checkpoint import input_file
 
-    check_output(path, [*inputs, *(input_file(p) for p in inputs)])
-    if Path(path).exists() and not args.get("exist_ok", False):
-        raise UsageError(f"output {path} exists; pass exist_ok=true to replace it, or choose another name.")
+    check_output(path, [*inputs, *(input_file(p) for p in inputs)], exist_ok=args.get("exist_ok", False))
 
 
 def _companions(out: Any) -> list[Path]:
@@ -364,7 +362,7 @@ def run_copy_cfg(args: dict[str, Any]) -> None:
     print(f"saved {out}: a recipe template; edit it, then: yolo-taskvec merge cfg={out} out=merged.pt")
 
 
-@mode("union-data", ("base", "models", "model", "data", "out", "split"), "dataset views with the class ids of a classes=union merge (labels remapped, images linked): model= the union .pt, or base= and models=")
+@mode("union-data", ("base", "models", "model", "data", "out", "split", "exist_ok"), "dataset views with the class ids of a classes=union merge (labels remapped, images linked): model= the union .pt, or base= and models=")
 def run_union_data(args: dict[str, Any]) -> None:
     from .heads import union_classes, union_data
 
@@ -373,7 +371,7 @@ def run_union_data(args: dict[str, Any]) -> None:
         raise UsageError("union-data takes one union model in model=.")
     classes = args["model"][0] if "model" in args else union_classes(get(args, "base", True), get(args, "models", True).split(","))
     splits = [s.strip() for s in str(get(args, "split")).split(",") if s.strip()]
-    for path in union_data(classes, [d.strip() for d in data if d.strip()], out, splits=splits):
+    for path in union_data(classes, [d.strip() for d in data if d.strip()], out, splits=splits, exist_ok=get(args, "exist_ok")):
         print(f"saved {path}")
 
 
@@ -438,7 +436,7 @@ def run_compress(args: dict[str, Any]) -> None:
     print(f"saved {path}: {c['label']} | {size / 1e6:.3f} MB = {size / c['dense_fp16_bytes']:.1%} of the dense fp16 vector | relative error {c['relative_error']:.4f}")
 
 
-@mode("transform", ("data", "preset", "out", "seed"), "write a night/fog/blur/noise copy of a dataset (labels unchanged)")
+@mode("transform", ("data", "preset", "out", "seed", "exist_ok"), "write a night/fog/blur/noise copy of a dataset (labels unchanged)")
 def run_transform(args: dict[str, Any]) -> None:
     from .recipe import parse_int
     from .transforms import transform_dataset
@@ -446,7 +444,7 @@ def run_transform(args: dict[str, Any]) -> None:
     data = [d for d in get(args, "data", True).split(",") if d.strip()]
     if len(data) != 1:
         raise UsageError("transform takes one dataset yaml in data=.")
-    result = transform_dataset(data[0], get(args, "preset"), get(args, "out", True), seed=parse_int(get(args, "seed"), "seed", 0))
+    result = transform_dataset(data[0], get(args, "preset"), get(args, "out", True), seed=parse_int(get(args, "seed"), "seed", 0), exist_ok=get(args, "exist_ok"))
     print(f"saved {result}")
 
 
@@ -576,8 +574,7 @@ def run_coco_export(args: dict[str, Any]) -> None:
     data, out = [d for d in get(args, "data", True).split(",") if d.strip()], get(args, "out", True)
     if len(data) != 1:
         raise UsageError(f"coco-export takes one dataset yaml, got {len(data)}.")
-    _check_out(out, args, data)
-    coco = export_coco(data[0], get(args, "split"), out)
+    coco = export_coco(data[0], get(args, "split"), out, exist_ok=get(args, "exist_ok"))
     print(f"saved {out}: {len(coco['images'])} images, {len(coco['annotations'])} annotations, {len(coco['categories'])} categories")
 
 

@@ -141,13 +141,13 @@ def run_demo(
 ) -> DemoResult:
     """Extract τ(night), sweep α on day and night data (chosen on ``select``, reported on val), save the merged model
     at the chosen α (see the module doc)."""
-    from .provenance import save_model as save
-    from .vectors import TaskVector
     from .checkpoint import load_model
     from .data import dataset_name, load_data
+    from .provenance import save_model as save
     from .recipe import Recipe
     from .runs import Scoring, run_folder
     from .sweep import grid_points, parse_grid, sweep
+    from .vectors import TaskVector
 
     inputs = find_inputs(base, tuned, day, night)
     day_name, night_name = dataset_name(inputs["day"]), dataset_name(inputs["night"])

@@ -25,3 +25,9 @@ class DataError(TaskVecError):
 
 class OutputError(TaskVecError):
     """An output path that cannot be written safely."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (Ultralytics' "ERROR ❌️" prefix removed), or its type's name."""
+    text = str(error).strip().replace("ERROR ❌️ ", "")
+    return text.splitlines()[0] if text else type(error).__name__

@@ -28,8 +28,9 @@ import torch
 
 from . import packing
 from .atomic import atomic_output
-from .errors import MismatchError, VectorFileError
+from .errors import MismatchError, VectorFileError, first_line
 from .limits import MAX_MODEL_VALUES, MAX_TENSOR_VALUES, check_allocation
+from .plain import plain
 from .schema import check_vector_meta
 from .taskvector import TaskVector
 
@@ -98,7 +99,7 @@ def save_vector(tv: TaskVector, path: str | os.PathLike, *, dtype: str = "fp32",
             for field, value in fields.items():
                 tensors[_name(role, key, field)] = value.contiguous()
             encodings[f"{role}/{key}"] = {**info, "role": role, "shape": list(t.shape)}
-    meta = {**_jsonable(tv.meta), **_jsonable(dict(extra_meta or {})), "dtype": dtype}
+    meta = {**plain(tv.meta), **plain(dict(extra_meta or {})), "dtype": dtype}
     check_vector_meta(meta, f"cannot save {path}", VectorFileError)  # what loading checks: never write a file it refuses
     metadata = {"format": FORMAT, "format_version": "1", "meta": json.dumps(meta), "encodings": json.dumps(encodings)}
     if pack:
@@ -142,16 +143,6 @@ def content_digest(metadata: Mapping[str, str], tensors: Mapping[str, torch.Tens
     return h.hexdigest()
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else str(obj)
-    return str(obj)
 
 
 def read_header(path: str | os.PathLike, *, expected_shapes: Shapes | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -164,7 +155,7 @@ def read_header(path: str | os.PathLike, *, expected_shapes: Shapes | None = Non
             metadata = f.metadata() or {}
             names = set(f.keys())
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged header
-        raise VectorFileError(f"{path} is not a valid safetensors file ({_first_line(e)}).") from e
+        raise VectorFileError(f"{path} is not a valid safetensors file ({first_line(e)}).") from e
     return _parse_metadata(path, metadata, names, expected_shapes)
 
 
@@ -190,9 +181,6 @@ def _check_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _parse_metadata(path: Path, metadata: Mapping[str, str], names: set[str], expected_shapes: Shapes | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -218,7 +206,7 @@ def _parse_metadata(path: Path, metadata: Mapping[str, str], names: set[str], ex
         try:
             encodings = packing.read_index(metadata.get(packing.INDEX))
         except (ValueError, RecursionError) as e:
-            raise VectorFileError(f"{path} has a corrupted packed index ({_first_line(e)}).") from e
+            raise VectorFileError(f"{path} has a corrupted packed index ({first_line(e)}).") from e
     if not isinstance(meta, dict) or not isinstance(encodings, dict):
         raise VectorFileError(f"{path} has corrupted metadata ('meta' and 'encodings' must be JSON objects).")
     check_vector_meta(meta, str(path), VectorFileError)
@@ -292,7 +280,7 @@ def load_vector(path: str | os.PathLike, cls: type[TaskVector] = TaskVector, *, 
     try:
         metadata, raw = read_snapshot(path)
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
-        raise VectorFileError(f"{path} is not a valid safetensors file ({_first_line(e)}).") from e
+        raise VectorFileError(f"{path} is not a valid safetensors file ({first_line(e)}).") from e
     recorded = metadata.get(CHECKSUM)
     if isinstance(recorded, str) and recorded != content_digest(metadata, raw):  # a missing one: _parse_metadata
         raise VectorFileError(f"{path} is corrupt: its content does not match the sha256 recorded when it was saved (damaged in transfer?).")
@@ -303,7 +291,7 @@ def load_vector(path: str | os.PathLike, cls: type[TaskVector] = TaskVector, *, 
         try:
             raw = packing.unpack(raw, encodings)
         except ValueError as e:
-            raise VectorFileError(f"{path} does not match its packed index ({_first_line(e)}).") from e
+            raise VectorFileError(f"{path} does not match its packed index ({first_line(e)}).") from e
     for name, info in encodings.items():
         prefix = name + "#"
         fields = {n[len(prefix):] if n.startswith(prefix) else "": t for n, t in raw.items() if n == name or n.startswith(prefix)}
@@ -312,7 +300,7 @@ def load_vector(path: str | os.PathLike, cls: type[TaskVector] = TaskVector, *, 
         except VectorFileError:
             raise
         except Exception as e:  # noqa: BLE001 - fields inconsistent with their encoding
-            raise VectorFileError(f"{path}: tensor {name} cannot be decoded ({_first_line(e)}).") from e
+            raise VectorFileError(f"{path}: tensor {name} cannot be decoded ({first_line(e)}).") from e
         role, _, key = name.partition("/")
         (deltas if role == "delta" else absolute)[key] = tensor
     return cls(deltas, absolute, meta)
@@ -330,7 +318,7 @@ def _decode(path: Path, name: str, fields: dict[str, torch.Tensor], info: Mappin
     except VectorFileError:
         raise
     except Exception as e:  # noqa: BLE001 - inconsistent fields of an encoding
-        raise VectorFileError(f"{path}: tensor {name} does not match its recorded encoding ({_first_line(e)}).") from e
+        raise VectorFileError(f"{path}: tensor {name} does not match its recorded encoding ({first_line(e)}).") from e
     if tuple(tensor.shape) != shape:
         raise VectorFileError(f"{path}: tensor {name} has shape {tuple(tensor.shape)}, its metadata says {shape}.")
     if not bool(torch.isfinite(tensor).all()):

@@ -113,7 +113,7 @@ def class_names(item: Any) -> dict[int, str]:
 
 
 def _converted(path: str | os.PathLike) -> bool:
-    from .convert import is_converted_model
+    from .checkpoint import is_converted_model
 
     return is_converted_model(path)
 

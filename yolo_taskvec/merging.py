@@ -19,10 +19,19 @@ import torch
 
 from . import bn as bn_policy
 from .errors import MismatchError, TaskVecError
-from .methods import get_method, orthogonalize as orthogonalize_deltas
+from .methods import get_method
+from .methods import orthogonalize as orthogonalize_deltas
 from .methods.registry import Method
 from .parts import Layout
-from .taskvector import Scale, TaskVector, check_scale, is_bn_stat, is_mergeable, normalize_scale, scale_for
+from .taskvector import (
+    Scale,
+    TaskVector,
+    check_scale,
+    is_bn_stat,
+    is_mergeable,
+    normalize_scale,
+    scale_for,
+)
 
 
 @dataclass

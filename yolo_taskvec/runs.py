@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -33,14 +32,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import check_output, write_text_atomic
+from .atomic import check_output_folder, write_text_atomic
 from .build import Prepared, build_merged, prepare
 from .checkpoint import LoadedModel, load_model, to_yolo
-from .data import dataset_name, image_files, load_data
+from .data import (
+    dataset_folders,
+    dataset_identity,
+    dataset_name,
+    image_files,
+    load_data,
+)
 from .errors import OutputError, TaskVecError
 from .merging import vector_id
 from .plain import plain
-from .recipe import MAX_IMGSZ, MIN_IMGSZ, Recipe, RecipeError, _suggest, as_recipe, check_device, parse_bool, parse_int, parse_number
+from .recipe import (
+    MAX_IMGSZ,
+    MIN_IMGSZ,
+    Recipe,
+    RecipeError,
+    _suggest,
+    as_recipe,
+    check_device,
+    parse_bool,
+    parse_int,
+    parse_number,
+)
 
 Metrics = dict[str, dict[str, float]]  # dataset -> metric -> value
 Evaluate = Callable[[Any], Metrics]
@@ -318,18 +334,6 @@ def selection_views(scoring: Scoring, folder: Path) -> list[str]:
         view.write_text(json.dumps(doc, indent=1), encoding="utf-8")  # JSON is valid YAML
         views.append(str(view))
     return views
-
-
-def dataset_identity(yaml: str) -> dict[str, Any]:
-    """A dataset as a resume key: its resolved yaml path and the sha256 of the yaml's content."""
-    from .data import resolve_yaml
-
-    path = resolve_yaml(Path(yaml).expanduser())
-    try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        digest = None
-    return {"name": dataset_name(yaml), "path": str(path.resolve()), "sha256": digest}
 
 
 # ----------------------------------------------------------------------------------------------- the scorer
@@ -721,9 +725,10 @@ class RunResult:
 
 
 # ----------------------------------------------------------------------------------------------- run set-up
-def run_folder(kind: str, out: Any = None, project: Any = None, name: Any = None, exist_ok: bool = False) -> Path:
+def run_folder(kind: str, out: Any = None, project: Any = None, name: Any = None, exist_ok: bool = False, *, inputs: Iterable[Any] = (), protect: Iterable[Any] = ()) -> Path:
     """Where a run writes: ``out`` exactly, else ``project/name`` (default ``runs_dir/taskvec/<kind>``), incremented
-    like Ultralytics runs unless ``exist_ok``. Checked (not a file, writable) but not created."""
+    like Ultralytics runs unless ``exist_ok``. Checked (not a file or an input, not inside a ``protect`` folder such as
+    a dataset, writable) but not created."""
     from ultralytics.utils import SETTINGS
     from ultralytics.utils.files import increment_path
 
@@ -734,12 +739,7 @@ def run_folder(kind: str, out: Any = None, project: Any = None, name: Any = None
     else:
         folder = Path(project or Path(SETTINGS["runs_dir"]) / "taskvec") / str(name or kind)
         folder = folder if exist_ok else increment_path(folder, exist_ok=False, sep="")
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder} is a file; give a folder for the {kind} results.")
-    probe = next((p for p in [folder, *folder.resolve().parents] if p.exists()), None)
-    if probe is not None and not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write the {kind} results into {folder}: no write permission in {probe}.")
-    return folder
+    return check_output_folder(folder, inputs, protect=protect)
 
 
 @dataclass
@@ -831,10 +831,12 @@ def setup_run(kind: str, recipe: Recipe, scoring: Scoring, axis_keys: Iterable[s
     axes = axis_kinds(axis_keys, input_axis_names(recipe), recipe.method)  # names known without loading
     sources = reference_sources(scoring.reference, scoring.datasets)
     check_reference_files(sources)
-    folder = run_folder(kind, out, project, name, exist_ok)
+    protect = []
     if evaluator is None:
         for y in scoring.data:
             load_data(y, split=scoring.split)
+            protect += dataset_folders(y)
+    folder = run_folder(kind, out, project, name, exist_ok, inputs=[s for s in (recipe.base, *recipe.sources) if isinstance(s, (str, os.PathLike))], protect=protect)
     prepared = prepare(recipe)
     imgsz = scoring.imgsz or int(prepared.base.train_args.get("imgsz") or 640)
     workdir, yamls = None, list(scoring.data)
@@ -852,7 +854,7 @@ def setup_run(kind: str, recipe: Recipe, scoring: Scoring, axis_keys: Iterable[s
         "vectors": [vector_id(tv) for tv in prepared.vectors],
         "weights": recipe.weights,
         "names": list(prepared.names) if "input" in axes.values() else None,
-        "data": [dataset_identity(y) for y in scoring.data],
+        "data": [dataset_identity(y, (scoring.split,)) for y in scoring.data] if evaluator is None else list(scoring.data),  # resolved path and content, not the stem
         "select": scoring.select if isinstance(scoring.select, (str, type(None))) else [dataset_identity(y) for y in scoring.select],
         "select_seed": scoring.select_seed,
         "scoring": {"imgsz": imgsz, "batch": scoring.batch, "half": scoring.half, "conf": scoring.conf, "iou": scoring.iou, "split": scoring.split,

@@ -34,7 +34,15 @@ from typing import Any
 
 from .errors import TaskVecError
 from .recipe import is_mapping_text, parse_mapping
-from .runs import Evaluate, Point, RunResult, build_run_inputs, input_axis_names, progress, setup_run
+from .runs import (
+    Evaluate,
+    Point,
+    RunResult,
+    build_run_inputs,
+    input_axis_names,
+    progress,
+    setup_run,
+)
 from .taskvector import check_scale
 
 STRATEGIES = ("coordinate", "random")

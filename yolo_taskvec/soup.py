@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import TaskVecError
-from .runs import Evaluate, Run, RunResult, build_run_inputs, input_axis_names, progress, setup_run
+from .runs import (
+    Evaluate,
+    Run,
+    RunResult,
+    build_run_inputs,
+    input_axis_names,
+    progress,
+    setup_run,
+)
 
 
 def greedy_soup(

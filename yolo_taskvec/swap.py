@@ -42,8 +42,8 @@ from typing import Any
 
 import torch
 
-from .errors import MismatchError, TaskVecError
 from . import bn as bn_policy
+from .errors import MismatchError, TaskVecError
 from .merging import merge_states
 from .parts import Layout
 from .taskvector import Scale, TaskVector, fingerprint, is_mergeable

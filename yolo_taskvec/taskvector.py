@@ -16,9 +16,15 @@ from typing import Any
 
 import torch
 
-from .bn import is_stat as is_bn_stat
+from .bn import is_stat as is_bn_stat  # noqa: F401  (re-exported: the core's name for BatchNorm statistics)
 from .errors import MismatchError, TaskVecError
-from .parts import Layout, check_part_mapping, check_selection, matches, resolve_part_value
+from .parts import (
+    Layout,
+    check_part_mapping,
+    check_selection,
+    matches,
+    resolve_part_value,
+)
 
 MAX_ABS_SCALE = 10.0
 Scale = float | Mapping[str, float]

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError, OutputError, TaskVecError
+from .plain import plain
 
 SPLITS = ("train", "val", "test", "minival")
 
@@ -405,16 +406,6 @@ def _yaml_text(data: Mapping[str, Any], record: Mapping[str, Any], name: str) ->
     header = f"# {name}: written by yolo-taskvec transform ({record['preset']} preset, seed {record['seed']}); labels identical to the source.\n"
     body = {k: v for k, v in data.items() if k != "transform"}
     body["transform"] = dict(record)
-    return header + yaml.safe_dump(_plain(body), sort_keys=False, allow_unicode=True, width=1000)
+    return header + yaml.safe_dump(plain(body), sort_keys=False, allow_unicode=True, width=1000)
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {(k if isinstance(k, (int, str)) else str(k)): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj

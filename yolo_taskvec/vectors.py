@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from . import taskvector as core
-from .checkpoint import LoadedModel, ModelLike, check_same_architecture, load_model
-from .convert import is_converted_model
-from .errors import MismatchError
+from .checkpoint import (
+    LoadedModel,
+    ModelLike,
+    check_same_architecture,
+    check_vector_base,
+    load_model,
+)
 from .files import load_vector, save_vector
 
 
@@ -43,9 +47,10 @@ class TaskVector(core.TaskVector):
         return tv
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> TaskVector:
-        """Read a task-vector safetensors file (never unpickles)."""
-        return load_vector(path, cls)
+    def load(cls, path: str | os.PathLike, *, expected_shapes: Mapping[str, tuple[int, ...]] | None = None) -> TaskVector:
+        """Read a task-vector safetensors file (never unpickles); ``expected_shapes`` (a base's state-dict shapes) are
+        checked against the declared ones before anything is decoded."""
+        return load_vector(path, cls, expected_shapes=expected_shapes)
 
     def save(self, path: str | os.PathLike, *, dtype: str = "fp32") -> Path:
         """Write a dense safetensors file (the API's ``TaskVector.save`` also compresses)."""
@@ -67,7 +72,7 @@ def as_vector(base: LoadedModel, item: Any, *, parts: Iterable[str] | None = Non
     if isinstance(item, core.TaskVector):
         tv = item if isinstance(item, cls) else cls(item.deltas, item.absolute, item.meta)
     elif is_vector_file(item):
-        tv = cls.load(item)
+        tv = cls.load(item, expected_shapes={k: tuple(v.shape) for k, v in base.state.items()})
         tv.meta["source_file"] = str(Path(item).resolve())
     else:
         return cls.from_models(base, item, parts=parts, unmatched=unmatched)
@@ -80,14 +85,11 @@ def as_vectors(base: LoadedModel, items: Sequence[Any], *, parts: Iterable[str] 
 
 
 def check_fingerprints(base: LoadedModel, vectors: Sequence[core.TaskVector], force: bool) -> None:
-    """Refuse vectors extracted from another base unless ``force``."""
+    """Refuse vectors extracted from another base unless ``force``; a vector FILE must record its base (a file
+    without a fingerprint was edited or hand-made), an in-memory vector built by hand may leave it out."""
     for tv in vectors:
-        fp = tv.meta.get("base_fingerprint")
-        if fp and fp != base.fingerprint and not force:
-            raise MismatchError(
-                f"task vector '{tv.meta.get('name', '?')}' was extracted from a different base (fingerprint {fp[:12]}, "
-                f"this base {base.fingerprint[:12]}); pass force=True to apply it anyway."
-            )
+        if tv.meta.get("source_file") or tv.meta.get("base_fingerprint"):
+            check_vector_base(base, tv.meta, force)
 
 
 def class_sets_differ(base: LoadedModel, tv: core.TaskVector) -> bool:

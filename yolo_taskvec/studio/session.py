@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import bn as bn_policy
-from ..provenance import save_model as save
 from ..atomic import check_output, write_text_atomic
 from ..build import Prepared, build_merged, prepare
 from ..checkpoint import input_file, resolve_weights, to_yolo
@@ -52,6 +51,7 @@ from ..data import dataset_name, image_files
 from ..errors import MismatchError, TaskVecError
 from ..merging import merge_states
 from ..methods import get_method, method_names
+from ..provenance import save_model as save
 from ..recipe import Recipe, as_recipe
 from ..runs import Objective, run_folder, to_csv_text
 from ..swap import current, swap, unswap
