@@ -151,6 +151,7 @@ class Sparsifier:
         else:
             raise ValueError(f"unknown sparsification {how!r}")
         self.inverse = how == "della" and rescale == "inverse"
+        self.folded = how == "random" and rescale == "inverse"
         if rescale == "l1" and self.how not in ("none", "drop_all"):
             self.factor = self._l1_ratio()
 
@@ -312,15 +313,14 @@ class SignConsensus:
         if self.count:
             rows[5].zero_()
 
-    def add(self, t: torch.Tensor, factor: float, weight: float) -> None:
-        """Fold in one sparsified chunk ``t`` (consumed) whose entries count ``factor · t`` with model weight ``weight``."""
-        self.total.add_(t, alpha=factor)
-        self.mass.add_(torch.abs(t, out=self.scratch), alpha=abs(factor))
-        sign = math.copysign(1.0, factor)
+    def add(self, t: torch.Tensor, weight: float) -> None:
+        """Fold in one weighted, sparsified chunk ``t`` (consumed) of a model of weight ``weight``."""
+        self.total.add_(t)
+        self.mass.add_(torch.abs(t, out=self.scratch))
         t.sign_()
-        self.signs.add_(t, alpha=weight * sign)
+        self.signs.add_(t, alpha=weight)
         if self.count:
-            self.votes.add_(t, alpha=sign)
+            self.votes.add_(t)
         self.weight.add_(t.abs_(), alpha=weight)
 
     def finish(self, out: torch.Tensor, normalize: bool) -> None:
@@ -392,13 +392,22 @@ def generalized_task_arithmetic(
         else:
             target.zero_()
         for f, step, w in zip(flat, steps, weights):
-            chunk, factor = f[start:stop], w * step.factor
+            chunk = f[start:stop]
             mask = step.mask(chunk, m_buf[:length])
-            if acc is None:  # target += factor · chunk · mask
-                target.add_(mask.mul_(chunk) if mask is not None else chunk, alpha=factor)
+            t = mask.mul_(chunk) if mask is not None else chunk
+            if acc is None and step.folded:  # DARE's 1/(1-p): no mergekit order to follow, one fused step
+                target.add_(t, alpha=w * step.factor)
                 continue
-            t = mask.mul_(chunk) if mask is not None else m_buf[:length].copy_(chunk)
-            acc.add(t, factor, w)
+            if step.factor != 1.0 or w != 1.0 or acc is not None and mask is None:  # never scale an input in place
+                t = t if mask is not None else m_buf[:length].copy_(chunk)
+                if step.factor != 1.0:  # mergekit's order of roundings: (τ·mask)·rescale, then ·w
+                    t.mul_(step.factor)
+                if w != 1.0:
+                    t.mul_(w)
+            if acc is None:
+                target.add_(t)
+            else:
+                acc.add(t, w)
         if acc is not None:
             acc.finish(target, normalize)
         elif divisor != 1.0:
