@@ -132,12 +132,21 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, device: str) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
+class Stopwatch:
+    """Wall-clock and process CPU time (all threads) of a block; on a loaded machine the CPU time of a one-thread run
+    excludes the time spent waiting for a core, so its ratios stay readable when the wall-clock ones are noise."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+
+    def __enter__(self):
+        sync(self.device)
+        self.start = (time.perf_counter(), time.process_time())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sync(self.device)
+        self.wall, self.cpu = time.perf_counter() - self.start[0], time.process_time() - self.start[1]
 
 
 def floor_parts(base, vectors):
@@ -157,7 +166,8 @@ def read_all(tensors) -> None:
 def merge_parts(base, vectors, method_name: str, scale: float) -> dict[str, float]:
     """The parts of a merge, each timed alone over every learned tensor (BatchNorm statistics and the driver's
     checks excluded): ``ids`` (content ids of the vectors), ``math`` (``method.fn``), ``add`` (the driver's
-    ``torch.add(base, merged, alpha=scale, out=merged)``) and ``apply`` (``method.apply``, fused)."""
+    ``torch.add(base, merged, alpha=scale, out=merged)``) and ``apply`` (``method.apply``, fused). Wall-clock
+    seconds as ``<part>_s``, CPU seconds as ``<part>_cpu_s``."""
     import torch
 
     from yolo_taskvec.merging import _rng, vector_id
@@ -167,29 +177,32 @@ def merge_parts(base, vectors, method_name: str, scale: float) -> dict[str, floa
     method = get_method(method_name)
     params = method.resolve({})
     weights = method.prepare_weights([1.0] * len(vectors), params)
-    t0 = time.perf_counter()
-    vids = [vector_id(v) for v in vectors]
-    parts = {"ids_s": time.perf_counter() - t0, "math_s": 0.0, "add_s": 0.0, "apply_s": 0.0}
+    parts = dict.fromkeys(("ids_s", "ids_cpu_s", "math_s", "math_cpu_s", "add_s", "add_cpu_s", "apply_s", "apply_cpu_s"), 0.0)
+
+    def count(name: str, watch: Stopwatch) -> None:
+        parts[f"{name}_s"] += watch.wall
+        parts[f"{name}_cpu_s"] += watch.cpu
+
+    with Stopwatch() as watch:
+        vids = [vector_id(v) for v in vectors]
+    count("ids", watch)
     for key, b in base.items():
         if not is_mergeable(key, b) or is_bn_stat(key):
             continue
         ds = [v.deltas[key] for v in vectors]
         rngs = [_rng(0, key, vid) for vid in vids] if method.random else None
-        t0 = time.perf_counter()
-        merged = method.fn(ds, list(weights), base=b, rngs=rngs, **params)
-        t1 = time.perf_counter()
+        with Stopwatch() as watch:
+            merged = method.fn(ds, list(weights), base=b, rngs=rngs, **params)
+        count("math", watch)
         owned = all(merged.untyped_storage().data_ptr() != t.untyped_storage().data_ptr() for t in (*ds, b))
-        t2 = time.perf_counter()
-        torch.add(b, merged, alpha=scale, out=merged if owned else None)
-        t3 = time.perf_counter()
+        with Stopwatch() as watch:
+            torch.add(b, merged, alpha=scale, out=merged if owned else None)
+        count("add", watch)
         del merged
         rngs = [_rng(0, key, vid) for vid in vids] if method.random else None
-        t4 = time.perf_counter()
-        method.apply(ds, list(weights), base=b, alpha=scale, rngs=rngs, **params)
-        t5 = time.perf_counter()
-        parts["math_s"] += t1 - t0
-        parts["add_s"] += t3 - t2
-        parts["apply_s"] += t5 - t4
+        with Stopwatch() as watch:
+            method.apply(ds, list(weights), base=b, alpha=scale, rngs=rngs, **params)
+        count("apply", watch)
     return parts
 
 
@@ -207,38 +220,43 @@ def worker(config: dict) -> dict:
     scale = 1.0 / len(vectors)
     best: dict[str, float] = {}
 
-    def keep(name: str, seconds: float) -> None:
-        best[name] = min(best.get(name, float("inf")), seconds)
-
-    def merge() -> None:
-        merge_states(base, vectors, config["method"], scale=scale, bn="merge")
+    def keep(name: str, watch: Stopwatch) -> None:
+        best[f"{name}_s"] = min(best.get(f"{name}_s", float("inf")), watch.wall)
+        best[f"{name}_cpu_s"] = min(best.get(f"{name}_cpu_s", float("inf")), watch.cpu)
 
     read_all(tensors)  # first touch of every input (page faults) before anything is timed
     runs, spent, peak = 0, 0.0, None
     while runs < config["reps"] or (spent < config["min_time"] and runs < config["max_reps"]):
-        keep("floor_s", timed(lambda: read_all(tensors), device))  # side by side: the floor, then the merge
-        keep("floor_bw_s", timed(buffer.sum, device))
+        with Stopwatch(device) as watch:  # side by side: the floor, then the merge
+            read_all(tensors)
+        keep("floor", watch)
+        with Stopwatch(device) as watch:
+            buffer.sum()
+        keep("floor_bw", watch)
         gc.collect()
         if peak is None:
             before = rss_bytes()
             reset = reset_peak()
-        seconds = timed(merge, device)
+        with Stopwatch(device) as watch:
+            merge_states(base, vectors, config["method"], scale=scale, bn="merge")
         if peak is None:
             peak = peak_bytes(reset) - before
-        keep("merge_s", seconds)
-        spent, runs = spent + seconds, runs + 1
+        keep("merge", watch)
+        spent, runs = spent + watch.wall, runs + 1
         if config["math"]:
             for name, value in merge_parts(base, vectors, config["method"], scale).items():
-                keep(name, value)
-        if seconds * (runs + 1) > config["budget_s"]:
+                best[name] = min(best.get(name, float("inf")), value)
+        if watch.wall * (runs + 1) > config["budget_s"]:
             break
     out = {
         "torch_threads": torch.get_num_threads(), "model_mb": model_bytes / 2**20, "inputs_mb": model_bytes * (1 + len(vectors)) / 2**20,
-        **best, "merge_runs": runs, "ratio": best["merge_s"] / best["floor_s"], "ratio_bw": best["merge_s"] / best["floor_bw_s"],
+        **best, "merge_runs": runs, "ratio": best["merge_s"] / best["floor_s"], "ratio_cpu": best["merge_cpu_s"] / best["floor_cpu_s"],
+        "ratio_bw": best["merge_s"] / best["floor_bw_s"],
         "peak_extra_mb": peak / 2**20, "peak_extra_models": peak / model_bytes, "peak_method": "VmHWM" if reset else "ru_maxrss",
     }
     if config["math"]:
-        out["projected_s"] = best["merge_s"] - best["ids_s"] - best["math_s"] - best["add_s"] + best["apply_s"]
+        for suffix in ("_s", "_cpu_s"):
+            out[f"projected{suffix}"] = best[f"merge{suffix}"] - best[f"ids{suffix}"] - best[f"math{suffix}"] - best[f"add{suffix}"] + best[f"apply{suffix}"]
     return out
 
 
@@ -306,8 +324,12 @@ def run(args: dict[str, str]) -> dict:
         if "error" in row:
             print(f"{label} {row['error']}")
         else:
-            extra = "".join(f"  {name} {row[f'{name}_s'] / row['floor_s']:.1f}x" for name in ("math", "apply", "projected") if f"{name}_s" in row)
-            print(f"{label} floor {row['floor_s'] * 1e3:8.1f} ms  merge {row['merge_s'] * 1e3:8.1f} ms  ratio {row['ratio']:6.1f}x  peak extra {row['peak_extra_mb']:7.0f} MB ({row['peak_extra_models']:.2f} models){extra}", flush=True)
+            extra = "".join(f"  {name} {row[f'{name}_cpu_s'] / row['floor_cpu_s']:.1f}x" for name in ("math", "apply", "projected") if f"{name}_cpu_s" in row)
+            print(
+                f"{label} floor {row['floor_s'] * 1e3:8.1f} ms  merge {row['merge_s'] * 1e3:8.1f} ms  ratio {row['ratio']:6.1f}x (CPU time {row['ratio_cpu']:5.1f}x)"
+                f"  peak extra {row['peak_extra_mb']:7.0f} MB ({row['peak_extra_models']:.2f} models){extra and '  CPU-time parts:' + extra}",
+                flush=True,
+            )
     settings = {k: args[k] for k in ("sizes", "counts", "methods", "methods_x", "threads", "reps", "min_time", "max_reps", "timeout", "math", "device")}
     result = {"environment": env, "settings": settings, "summary": {"load_average_end": load_average()}, "rows": rows}
     print("\n" + "\n".join(summary_lines(rows)))
@@ -316,14 +338,14 @@ def run(args: dict[str, str]) -> dict:
 
 def summary_lines(rows: list[dict]) -> list[str]:
     """merge time ÷ read-once floor, side by side per model, thread setting and number of vectors."""
-    lines = ["merge_states time / read-once floor (same process, side by side); in brackets: projected with Method.apply + cached ids"]
+    lines = ["merge_states time / read-once floor, wall clock | CPU time (same process, side by side); in brackets: projected with Method.apply + cached ids (CPU time)"]
     for size in dict.fromkeys(r["size"] for r in rows):
         for threads in dict.fromkeys(r["threads"] for r in rows):
             sub = [r for r in rows if r["size"] == size and r["threads"] == threads]
             counts = sorted({r["count"] for r in sub})
             if not sub:
                 continue
-            lines.append(f"yolo26{size}, threads={threads}: " + "  ".join(f"n={c:<2}" + " " * 14 for c in counts))
+            lines.append(f"yolo26{size}, threads={threads}: " + " ".join(f"n={c:<2}" + " " * 16 for c in counts))
             for method in dict.fromkeys(r["method"] for r in sub):
                 cells = []
                 for c in counts:
@@ -331,8 +353,8 @@ def summary_lines(rows: list[dict]) -> list[str]:
                     if r is None or "error" in r:
                         cells.append(f"{'-' if r is None else 'error':<18}")
                     else:
-                        proj = f"({r['projected_s'] / r['floor_s']:.1f}x)" if "projected_s" in r else ""
-                        cells.append(f"{r['ratio']:5.1f}x {proj:<11}")
+                        proj = f"({r['projected_cpu_s'] / r['floor_cpu_s']:.1f}x)" if "projected_cpu_s" in r else ""
+                        cells.append(f"{r['ratio']:5.1f}x|{r['ratio_cpu']:4.1f}x {proj:<8}")
                 lines.append(f"  {method:<17} " + " ".join(cells))
     return lines
 
@@ -342,6 +364,18 @@ SLOW = {  # why a method may be left out of the yolo26x runs (methods_x): minute
     "tsv": "one SVD per weight matrix and vector", "iso_c": "one SVD per weight matrix", "iso_cts": "several SVDs per weight matrix",
     "della": "a sort of every row of every vector", "della_linear": "a sort of every row of every vector",
 }
+
+
+def primary(run: dict) -> tuple[str, str]:
+    """Which clock the goals and the figure read: CPU time (``"_cpu"``) when the run started on a busy machine (more
+    runnable processes than cores) and recorded it, else the wall clock (``""``). Tables show both."""
+    if busy(run["environment"]) and all("floor_cpu_s" in x for x in run["rows"] if "error" not in x):
+        return "_cpu", "CPU time"
+    return "", "wall clock"
+
+
+def ratio(x: dict, suffix: str, part: str = "merge") -> float:
+    return x[f"{part}{suffix}_s"] / x[f"floor{suffix}_s"]
 
 
 def fmt_time(seconds: float) -> str:
@@ -380,14 +414,20 @@ def markdown(runs: dict) -> str:
         lines += [f"## {kind.upper()}", "", *environment_markdown(env, r["summary"]["load_average_end"])]
         if "settings" in r:
             lines += ["Run with: " + ", ".join(f"`{k}={v}`" for k, v in r["settings"].items()), ""]
+        suffix, clock = primary(r)
         if busy(env):
-            lines += ["**These timings come from a shared machine under load (see the load average): absolute times are noisy; the ratios are measured side by side.**", ""]
-        lines += goal_lines(rows)
+            lines += [
+                "**These timings come from a shared machine under load (see the load average): wall-clock times include waiting for a core.",
+                "Goals and figure therefore read the CPU time of the process (all its threads), measured side by side in the same way;",
+                "the tables give both.**",
+                "",
+            ]
+        lines += goal_lines(rows, suffix, clock)
         for size in dict.fromkeys(x["size"] for x in rows):
             for threads in dict.fromkeys(x["threads"] for x in rows):
                 sub = [x for x in rows if x["size"] == size and x["threads"] == threads]
                 if sub:
-                    lines += size_tables(size, threads, sub)
+                    lines += size_tables(size, threads, sub, suffix, clock)
         lines += [
             "✓/✗: within/over the target ratio (task arithmetic 2×, TIES/DARE/DARE-TIES 5×). Methods without a target",
             "(SVD-based `tsv`, `iso_c`, `iso_cts`; per-row sorting `della`, `della_linear`; `consensus`, `breadcrumbs`,",
@@ -400,22 +440,31 @@ def markdown(runs: dict) -> str:
     return "\n".join(lines)
 
 
-def goal_lines(rows: list[dict]) -> list[str]:
+def goal_lines(rows: list[dict], suffix: str, clock: str) -> list[str]:
     """The goals, met or not, over every model size, thread setting and number of vectors of the run."""
-    out = ["### Goals", "", "| method | target | merge_states ÷ floor (min–max over the run) | met | projected with `Method.apply` + cached ids |", "|---|---|---|---|---|"]
+    out = [
+        "### Goals",
+        "",
+        f"Judged on the {clock} ratio. *projected*: merge − ids − math − add + apply (see below), the merge with the recommended driver change.",
+        "",
+        "| method | target | merge ÷ floor, wall clock (min–max) | merge ÷ floor, CPU time (min–max) | met | projected (min–max) |",
+        "|---|---|---|---|---|---|",
+    ]
     for method, target in TARGETS.items():
         sub = [r for r in rows if r["method"] == method and "error" not in r]
         if not sub:
             continue
-        ratios = [r["ratio"] for r in sub]
-        proj = [r["projected_s"] / r["floor_s"] for r in sub if "projected_s" in r]
-        ok = "yes" if max(ratios) <= target else f"no ({sum(x > target for x in ratios)} of {len(ratios)} over)"
-        pr = f"{min(proj):.1f}–{max(proj):.1f}× ({'all' if max(proj) <= target else f'{sum(x <= target for x in proj)} of {len(proj)}'} within)" if proj else "-"
-        out.append(f"| {method} | ≤ {target:g}× | {min(ratios):.1f}–{max(ratios):.1f}× | {ok} | {pr} |")
+        judged = [ratio(r, suffix) for r in sub]
+        wall = [r["ratio"] for r in sub]
+        cpu = [r.get("ratio_cpu", float("nan")) for r in sub]
+        proj = [ratio(r, suffix, "projected") for r in sub if f"projected{suffix}_s" in r]
+        ok = "yes" if max(judged) <= target else f"no ({sum(x > target for x in judged)} of {len(judged)} over)"
+        pr = f"{min(proj):.1f}–{max(proj):.1f}× ({sum(x <= target for x in proj)} of {len(proj)} within)" if proj else "-"
+        out.append(f"| {method} | ≤ {target:g}× | {min(wall):.1f}–{max(wall):.1f}× | {min(cpu):.1f}–{max(cpu):.1f}× | {ok} | {pr} |")
     return out + [""]
 
 
-def size_tables(size: str, threads: str, sub: list[dict]) -> list[str]:
+def size_tables(size: str, threads: str, sub: list[dict], suffix: str, clock: str) -> list[str]:
     counts = sorted({x["count"] for x in sub})
     tt = next((x["torch_threads"] for x in sub if "torch_threads" in x), "?")
     model_mb = next((x["model_mb"] for x in sub if "model_mb" in x), 0)
@@ -426,7 +475,7 @@ def size_tables(size: str, threads: str, sub: list[dict]) -> list[str]:
         "Floor, read all inputs once, per tensor (one contiguous buffer of the same size), as measured with the first method: "
         + ", ".join(f"n={c}: {f[0] * 1e3:.1f} ms ({f[1] * 1e3:.1f} ms)" for c, f in floors.items() if f) + ". Every configuration measures its own floor, side by side with its merge; its ratio is to that floor.",
         "",
-        "| method | " + " | ".join(f"n={c}: time (× floor)" for c in counts) + " | " + " | ".join(f"n={c}: peak extra MB (models)" for c in counts) + " |",
+        "| method | " + " | ".join(f"n={c}: time (× floor: wall, CPU)" for c in counts) + " | " + " | ".join(f"n={c}: peak extra MB (models)" for c in counts) + " |",
         "|---|" + "---|" * (2 * len(counts)),
     ]
     for method in dict.fromkeys(x["method"] for x in sub):
@@ -438,15 +487,16 @@ def size_tables(size: str, threads: str, sub: list[dict]) -> list[str]:
                 mems.append("-")
                 continue
             target = TARGETS.get(method)
-            mark = "" if target is None else (" ✓" if x["ratio"] <= target else " ✗")
-            cells.append(f"{fmt_time(x['merge_s'])} ({x['ratio']:.1f}×{mark})")
+            mark = "" if target is None else (" ✓" if ratio(x, suffix) <= target else " ✗")
+            cpu = f", {x['ratio_cpu']:.1f}×" if "ratio_cpu" in x else ""
+            cells.append(f"{fmt_time(x['merge_s'])} ({x['ratio']:.1f}×{cpu}{mark})")
             mems.append(f"{x['peak_extra_mb']:.0f} ({x['peak_extra_models']:.2f})")
         lines.append(f"| {method} | " + " | ".join(cells) + " | " + " | ".join(mems) + " |")
-    parts = [x for x in sub if "apply_s" in x]
+    parts = [x for x in sub if f"apply{suffix}_s" in x]
     if parts:
         lines += [
             "",
-            f"Where the time goes (yolo26{size}, threads = {threads}), each part timed alone and ÷ the floor: *math* = the method's `fn`;",
+            f"Where the time goes (yolo26{size}, threads = {threads}; {clock}), each part timed alone and ÷ the floor: *math* = the method's `fn`;",
             "*add* = the driver's `base + scale·merged`; *driver* = merge − math − add (content ids, ordering, BN policy, checks,",
             "Python per tensor); *ids* = the content ids alone; *apply* = `Method.apply` (base + scale·merge streamed in one pass);",
             "*projected* = merge − ids − math − add + apply, the merge with the recommended driver change (a sum of measured parts).",
@@ -455,11 +505,11 @@ def size_tables(size: str, threads: str, sub: list[dict]) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for x in sorted(parts, key=lambda y: (list(TARGETS).index(y["method"]) if y["method"] in TARGETS else 99, y["method"], y["count"])):
-            f = x["floor_s"]
-            driver = x["merge_s"] - x["math_s"] - x["add_s"]
+            f = x[f"floor{suffix}_s"]
+            part = {k: x[f"{k}{suffix}_s"] / f for k in ("merge", "math", "add", "ids", "apply", "projected")}
             lines.append(
-                f"| {x['method']} | {x['count']} | {x['ratio']:.1f}× | {x['math_s'] / f:.1f}× | {x['add_s'] / f:.1f}× | {driver / f:.1f}× | "
-                f"{x['ids_s'] / f:.1f}× | {x['apply_s'] / f:.1f}× | {x['projected_s'] / f:.1f}× |"
+                f"| {x['method']} | {x['count']} | {part['merge']:.1f}× | {part['math']:.1f}× | {part['add']:.1f}× | {part['merge'] - part['math'] - part['add']:.1f}× | "
+                f"{part['ids']:.1f}× | {part['apply']:.1f}× | {part['projected']:.1f}× |"
             )
     return lines + [""]
 
@@ -471,6 +521,7 @@ def plot(runs: dict, path: Path) -> None:
 
     kind = "cuda" if "cuda" in runs else "cpu"
     r = runs[kind]
+    suffix, clock = primary(r)
     rows = [x for x in r["rows"] if "error" not in x]
     panels = [(s, t) for s in dict.fromkeys(x["size"] for x in rows) for t in dict.fromkeys(x["threads"] for x in rows) if any(x["size"] == s and x["threads"] == t for x in rows)]
     methods = list(dict.fromkeys(x["method"] for x in r["rows"]))
@@ -487,15 +538,15 @@ def plot(runs: dict, path: Path) -> None:
     for (size, th), (left, middle, right) in zip(panels, axes):
         sub = [x for x in rows if x["size"] == size and x["threads"] == th]
         tt = next(x["torch_threads"] for x in sub)
-        lo, hi = min(x["ratio"] for x in sub), max(x["ratio"] for x in sub)
+        lo, hi = min(ratio(x, suffix) for x in sub), max(ratio(x, suffix) for x in sub)
         for m in methods:
-            pts = sorted((x["count"], x["ratio"], x["peak_extra_models"]) for x in sub if x["method"] == m)
+            pts = sorted((x["count"], ratio(x, suffix), x["peak_extra_models"]) for x in sub if x["method"] == m)
             if not pts:
                 continue
-            c, ratio, mem = zip(*pts)
-            left.plot(c, ratio, label=m, **styles[m])
+            c, ratios, mem = zip(*pts)
+            left.plot(c, ratios, label=m, **styles[m])
             right.plot(c, mem, label=m, **styles[m])
-            proj = sorted((x["count"], x["ratio"], x["projected_s"] / x["floor_s"]) for x in sub if x["method"] == m and "projected_s" in x)
+            proj = sorted((x["count"], ratio(x, suffix), ratio(x, suffix, "projected")) for x in sub if x["method"] == m and f"projected{suffix}_s" in x)
             if m in TARGETS and proj:
                 pc, pr, pp = zip(*proj)
                 middle.plot(pc, pr, **styles[m])
@@ -510,7 +561,7 @@ def plot(runs: dict, path: Path) -> None:
             ax.yaxis.set_major_formatter(times)
             ax.yaxis.set_minor_locator(NullLocator())
             ax.set_xlabel("number of task vectors merged")
-            ax.set_ylabel("merge time ÷ read-once floor")
+            ax.set_ylabel(f"merge ÷ read-once floor ({clock})")
             ax.set_xticks(counts_all)
             ax.grid(alpha=0.3)
         left.set_title(f"yolo26{size}, torch threads {tt}: merge_states, all methods", fontsize=10)
@@ -531,7 +582,7 @@ def plot(runs: dict, path: Path) -> None:
         fig.text(0.5, 0.075, notes, ha="center", va="bottom", fontsize=8.5)
     env = r["environment"]
     fig.suptitle(
-        f"Merge cost ÷ read-once memory floor on {kind.upper()} ({env['cpu']}, {env['logical_cpus']} logical CPUs, load average at start "
+        f"Merge cost ÷ read-once memory floor ({clock}) on {kind.upper()} ({env['cpu']}, {env['logical_cpus']} logical CPUs, load average at start "
         f"{env['load_average_start'].split()[0]}): random task vectors of yolo26n/yolo26x, merge_states(scale=1/n, bn=merge)",
         fontsize=11,
     )

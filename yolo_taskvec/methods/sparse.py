@@ -53,6 +53,9 @@ EXACT = 1 << 14  # sampled cut-offs are exact for tensors up to this many entrie
 MIN_SAMPLE = 1 << 13  # larger tensors: a strided sample of this many entries or more (when the stride allows it)
 MAX_STRIDE = 61  # a sample touches at most every 61st entry: ≤ 1/4 of the cache lines of the tensor
 L1_EPS = 1e-7  # mergekit's rescaled_masked_tensor: norms below this are left alone
+RANDOM_BITS = 1 << 15  # DARE on CPU tensors above this many entries draws from numpy (its setup costs ~20 µs)
+RAW_BLOCK = 1 << 12  # 64-bit draws per numpy call (32 KB)
+TINY = torch.finfo(torch.float32).tiny
 
 
 # ----------------------------------------------------------------------------------------------- counts, cut-offs
@@ -123,10 +126,11 @@ class Sparsifier:
     inverse keep probability where kept) or returns None (keep everything); chunks must come in order. ``factor`` is
     the vector's scalar rescale (1/(1−p) for DARE with ``inverse``, the L1 ratio with ``l1``, else 1).
 
-    Random masks come only from ``rng``: on CPU, raw 32-bit draws of a numpy SFC64 generator seeded by it compared
-    with an integer threshold (DARE: keep iff u ≥ round(p·2³²), so the keep probability is 1 − p to 2⁻³², and the
-    inverse rescale uses exactly that probability); DELLA compares float32 uniforms with its probabilities; other
-    devices use a generator of that device seeded by ``rng``. Float 0/1 masks: boolean kernels are slow on CPU.
+    Random masks come only from ``rng``. DARE on CPU tensors above ``RANDOM_BITS`` entries: raw 32-bit draws of a
+    numpy SFC64 generator seeded by ``rng`` (twice as fast as torch's), keep iff u ≥ round(p·2³²); smaller ones (no
+    generator to set up) and DELLA: float32 uniforms of ``rng`` itself (a 2⁻²⁴ grid on CPU), keep iff u ≥ p (DELLA:
+    u < p_i); other devices: a generator of that device seeded by ``rng``. ``keep_probability`` is the exact
+    probability of the grid, and the inverse rescale uses it. Float 0/1 masks: boolean kernels are slow on CPU.
     """
 
     def __init__(self, flat: torch.Tensor, how: str, *, density: float, p: float, gamma: float, epsilon: float, cutoff: str, rescale: str, rng: torch.Generator | None, cols: int):
@@ -144,8 +148,12 @@ class Sparsifier:
         elif how in ("random", "della"):
             if rng is None:
                 raise ValueError("random sparsification needs one generator per model.")
-            self.seed = int(torch.randint(0, 2**62, (1,), generator=rng))
             self.p, self.density, self.epsilon = p, density, epsilon
+            self.source = "bits" if how == "random" and flat.device.type == "cpu" and n > RANDOM_BITS else "torch"
+            if self.source == "bits" or flat.device.type != "cpu":
+                self.seed = int(torch.randint(0, 2**62, (1,), generator=rng))
+            else:  # CPU: draw from rng itself; its state is kept to rewind the stream after an l1 pass
+                self.torch_rng, self.rng_state = rng, rng.get_state() if rescale == "l1" else None
             if how == "random" and rescale == "inverse":
                 self.factor = 1.0 / self.keep_probability()
             self.restart()
@@ -153,6 +161,7 @@ class Sparsifier:
             raise ValueError(f"unknown sparsification {how!r}")
         self.inverse = how == "della" and rescale == "inverse"
         self.folded = how == "random" and rescale == "inverse"
+        self.marks_nonzero = self.how in ("magnitude", "outliers") and self.low > 0  # kept ⇒ |τ| ≥ low > 0
         if rescale == "l1" and self.how not in ("none", "drop_all"):
             self.factor = self._l1_ratio()
 
@@ -194,9 +203,12 @@ class Sparsifier:
 
     # -- random draws
     def keep_probability(self) -> float:
-        """DARE on CPU: P(u ≥ round(p·2³²)) for u uniform on 32 bits; elsewhere 1 − p."""
-        if self.flat.device.type == "cpu":
+        """DARE's exact keep probability: 32-bit draws P(u ≥ round(p·2³²)); CPU float32 uniforms k·2⁻²⁴ compared with
+        float32(p): 1 − ⌈float32(p)·2²⁴⌉/2²⁴; other devices 1 − p."""
+        if self.source == "bits":
             return 1.0 - round(self.p * 2**32) / 2**32
+        if self.flat.device.type == "cpu":
+            return 1.0 - math.ceil(float(np.float32(self.p)) * 2**24) / 2**24
         return 1.0 - self.p
 
     def restart(self) -> None:
@@ -204,23 +216,24 @@ class Sparsifier:
         self.position = 0
         if self.how not in ("random", "della"):
             return
-        if self.flat.device.type == "cpu":
-            self.numpy_rng = np.random.Generator(np.random.SFC64(self.seed))
-        else:
+        if self.source == "bits":
+            self.bit_generator = np.random.SFC64(self.seed)
+        elif self.flat.device.type != "cpu":
             self.torch_rng = torch.Generator(self.flat.device).manual_seed(self.seed)
+        elif self.rng_state is not None:
+            self.torch_rng.set_state(self.rng_state)
 
     def _random_keep(self, out: torch.Tensor) -> torch.Tensor:
         """DARE: 0/1 keep marks with P(1) = ``keep_probability()``."""
-        if self.flat.device.type == "cpu":
-            bits = self.numpy_rng.bit_generator.random_raw((out.numel() + 1) // 2).view(np.int32)[: out.numel()]
-            return torch.ge(torch.from_numpy(bits), round(self.p * 2**32) - 2**31, out=out)
-        return out.uniform_(generator=self.torch_rng).ge_(self.p)
-
-    def _uniform(self, out: torch.Tensor) -> torch.Tensor:
-        if self.flat.device.type == "cpu":
-            self.numpy_rng.random(out.numel(), dtype=np.float32, out=out.numpy())
-            return out
-        return out.uniform_(generator=self.torch_rng)
+        if self.source == "torch":
+            return out.uniform_(generator=self.torch_rng).ge_(self.p)
+        n = out.numel()
+        if getattr(self, "_raw", None) is None or self._raw.size * 2 < n:
+            self._raw = np.empty((n + 1) // 2, dtype=np.uint64)
+        raw = self._raw[: (n + 1) // 2]
+        for start in range(0, raw.size, RAW_BLOCK):  # small draws: numpy's result buffers never reach mmap sizes
+            raw[start : start + RAW_BLOCK] = self.bit_generator.random_raw(min(RAW_BLOCK, raw.size - start))
+        return torch.ge(torch.from_numpy(raw.view(np.int32)[:n]), round(self.p * 2**32) - 2**31, out=out)
 
     def della_probabilities(self, chunk: torch.Tensor) -> torch.Tensor:
         """Keep probabilities of whole rows (mergekit's ``della_magprune``): rank r of |τ| in its row (1 = smallest,
@@ -244,7 +257,7 @@ class Sparsifier:
             return self._random_keep(out)
         if self.how == "della":
             probs = self.della_probabilities(chunk).reshape(-1)
-            keep = self._uniform(out).lt_(probs)  # u < p_i: kept with probability p_i
+            keep = out.uniform_(generator=self.torch_rng).lt_(probs)  # u < p_i: kept with probability p_i
             return keep.div_(probs) if self.inverse else keep
         a = torch.abs(chunk, out=out)
         if self.ties is not None:  # top_k: strict comparisons, then the tied entries mergekit kept
@@ -314,25 +327,31 @@ class SignConsensus:
         if self.count:
             rows[5].zero_()
 
-    def add(self, t: torch.Tensor, weight: float) -> None:
-        """Fold in one weighted, sparsified chunk ``t`` (consumed) of a model of weight ``weight``."""
+    def add(self, t: torch.Tensor, weight: float, *, counted: bool = False) -> None:
+        """Fold in one weighted, sparsified chunk ``t`` (consumed) of a model of weight ``weight``; ``counted``: its
+        non-zero entries were already added to the weight accumulator (from a mask that implies τ ≠ 0)."""
         self.total.add_(t)
         self.mass.add_(torch.abs(t, out=self.scratch))
         t.sign_()
         self.signs.add_(t, alpha=weight)
         if self.count:
             self.votes.add_(t)
-        self.weight.add_(t.abs_(), alpha=weight)
+        if not counted:
+            self.weight.add_(t.abs_(), alpha=weight)
 
-    def finish(self, out: torch.Tensor, normalize: bool) -> None:
-        """The chunk's result into ``out``: (Σt + σΣ|t|) / (Σw|sign t| + σΣw sign t), or (Σt + σΣ|t|) / 2."""
+    def finish(self, out: torch.Tensor, normalize: bool, positive: bool) -> None:
+        """The chunk's result into ``out``: (Σt + σΣ|t|) / (Σw|sign t| + σΣw sign t), or (Σt + σΣ|t|) / 2.
+        ``positive``: every model weight is > 0, so a zero agreeing weight comes with a zero agreeing mass."""
         sigma = torch.copysign(self.one, self.votes, out=self.scratch)  # accumulators start at +0, so Σ = 0 gives +1
         agree = self.mass.mul_(sigma).add_(self.total)  # twice the agreeing mass
         if not normalize:
             torch.mul(agree, 0.5, out=out)
             return
         weight = self.signs.mul_(sigma).add_(self.weight)  # twice the agreeing weight
-        weight.add_(torch.eq(weight, 0, out=self.scratch), alpha=2.0)  # no agreeing weight: divide by 1
+        if positive:  # 0 / tiny = 0
+            weight.clamp_(min=TINY)
+        else:  # no agreeing weight: divide by 1, as mergekit
+            weight.add_(torch.eq(weight, 0, out=self.scratch), alpha=2.0)
         torch.div(agree, weight, out=out)
 
 
@@ -383,6 +402,7 @@ def generalized_task_arithmetic(
     out = torch.empty_like(flat[0])
     m_buf = torch.empty(size, dtype=out.dtype, device=out.device)
     acc = SignConsensus(size, out, election) if consensus == "sign" else None
+    positive = all(w > 0 for w in weights)
     base_flat = base.reshape(-1) if alpha is not None else None
     for start in range(0, n, size):
         stop = min(n, start + size)
@@ -395,6 +415,9 @@ def generalized_task_arithmetic(
         for f, step, w in zip(flat, steps, weights):
             chunk = f[start:stop]
             mask = step.mask(chunk, m_buf[:length])
+            counted = acc is not None and step.marks_nonzero  # the 0/1 mask counts the non-zero entries kept
+            if counted:
+                acc.weight.add_(mask, alpha=w)
             t = mask.mul_(chunk) if mask is not None else chunk
             if acc is None and step.folded:  # DARE's 1/(1-p): no mergekit order to follow, one fused step
                 target.add_(t, alpha=w * step.factor)
@@ -408,9 +431,9 @@ def generalized_task_arithmetic(
             if acc is None:
                 target.add_(t)
             else:
-                acc.add(t, w)
+                acc.add(t, w, counted=counted)
         if acc is not None:
-            acc.finish(target, normalize)
+            acc.finish(target, normalize, positive)
         elif divisor != 1.0:
             target.div_(divisor)
         if alpha is not None:
