@@ -32,6 +32,7 @@ operation on a chunk that stays in the L2 cache. The inputs are never modified.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -56,6 +57,23 @@ L1_EPS = 1e-7  # mergekit's rescaled_masked_tensor: norms below this are left al
 RANDOM_BITS = 1 << 15  # DARE on CPU tensors above this many entries draws from numpy (its setup costs ~20 µs)
 RAW_BLOCK = 1 << 12  # 64-bit draws per numpy call (32 KB)
 TINY = torch.finfo(torch.float32).tiny
+
+
+# ----------------------------------------------------------------------------------------------- scratch
+_POOL = threading.local()
+
+
+def scratch(name: str, rows: int, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A ``(rows, size)`` scratch buffer kept between calls (per thread, name, dtype and device), so the chunk
+    buffers of a merge are not allocated, page-faulted and freed again for every tensor. Contents are undefined."""
+    pool = getattr(_POOL, "buffers", None)
+    if pool is None:
+        pool = _POOL.buffers = {}
+    key = (name, dtype, str(device))
+    buf = pool.get(key)
+    if buf is None or buf.shape[0] < rows or buf.shape[1] < size:
+        buf = pool[key] = torch.empty(max(rows, buf.shape[0] if buf is not None else 0), max(size, buf.shape[1] if buf is not None else 0), dtype=dtype, device=device)
+    return buf[:rows, :size]
 
 
 # ----------------------------------------------------------------------------------------------- counts, cut-offs
@@ -228,9 +246,7 @@ class Sparsifier:
         if self.source == "torch":
             return out.uniform_(generator=self.torch_rng).ge_(self.p)
         n = out.numel()
-        if getattr(self, "_raw", None) is None or self._raw.size * 2 < n:
-            self._raw = np.empty((n + 1) // 2, dtype=np.uint64)
-        raw = self._raw[: (n + 1) // 2]
+        raw = scratch("raw", 1, (n + 1) // 2, torch.int64, out.device)[0].numpy().view(np.uint64)
         for start in range(0, raw.size, RAW_BLOCK):  # small draws: numpy's result buffers never reach mmap sizes
             raw[start : start + RAW_BLOCK] = self.bit_generator.random_raw(min(RAW_BLOCK, raw.size - start))
         return torch.ge(torch.from_numpy(raw.view(np.int32)[:n]), round(self.p * 2**32) - 2**31, out=out)
@@ -279,9 +295,7 @@ class Sparsifier:
         return out
 
     def scratch(self, like: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "_scratch", None) is None or self._scratch.numel() < like.numel():
-            self._scratch = torch.empty_like(like)
-        return self._scratch[: like.numel()]
+        return scratch("cut", 1, like.numel(), like.dtype, like.device)[0]
 
     def _l1_ratio(self) -> float:
         """mergekit's ``rescale_norm=l1``: ‖τ‖₁ / ‖τ·mask‖₁ (1 if either is below 1e-7), from a first pass over the
@@ -316,7 +330,7 @@ class SignConsensus:
 
     def __init__(self, size: int, like: torch.Tensor, election: str):
         self.count = election == "count"
-        self.buffers = torch.empty(5 + self.count, size, dtype=like.dtype, device=like.device)
+        self.buffers = scratch("consensus", 5 + self.count, size, like.dtype, like.device)
         self.one = torch.ones((), dtype=like.dtype, device=like.device)
 
     def start(self, length: int) -> None:
@@ -400,7 +414,7 @@ def generalized_task_arithmetic(
     n = flat[0].numel()
     size = chunk_length(n, cols if sparsify == "della" else 1)
     out = torch.empty_like(flat[0])
-    m_buf = torch.empty(size, dtype=out.dtype, device=out.device)
+    m_buf = scratch("mask", 1, size, out.dtype, out.device)[0]
     acc = SignConsensus(size, out, election) if consensus == "sign" else None
     positive = all(w > 0 for w in weights)
     base_flat = base.reshape(-1) if alpha is not None else None
@@ -410,9 +424,8 @@ def generalized_task_arithmetic(
         target = out[start:stop]
         if acc is not None:
             acc.start(length)
-        else:
-            target.zero_()
-        for f, step, w in zip(flat, steps, weights):
+        for first, (f, step, w) in enumerate(zip(flat, steps, weights), start=1):
+            first = first == 1  # the linear path writes the first vector's share instead of zeroing the target
             chunk = f[start:stop]
             mask = step.mask(chunk, m_buf[:length])
             counted = acc is not None and step.marks_nonzero  # the 0/1 mask counts the non-zero entries kept
@@ -420,7 +433,7 @@ def generalized_task_arithmetic(
                 acc.weight.add_(mask, alpha=w)
             t = mask.mul_(chunk) if mask is not None else chunk
             if acc is None and step.folded:  # DARE's 1/(1-p): no mergekit order to follow, one fused step
-                target.add_(t, alpha=w * step.factor)
+                torch.mul(t, w * step.factor, out=target) if first else target.add_(t, alpha=w * step.factor)
                 continue
             if step.factor != 1.0 or w != 1.0 or acc is not None and mask is None:  # never scale an input in place
                 t = t if mask is not None else m_buf[:length].copy_(chunk)
@@ -429,7 +442,7 @@ def generalized_task_arithmetic(
                 if w != 1.0:
                     t.mul_(w)
             if acc is None:
-                target.add_(t)
+                target.copy_(t) if first else target.add_(t)
             else:
                 acc.add(t, w, counted=counted)
         if acc is not None:
