@@ -19,11 +19,12 @@ def stock_ratio(deltas: list[torch.Tensor], filter_wise: bool = False) -> torch.
     row.
     """
     rows = [d.reshape(d.shape[0], -1) if filter_wise and d.dim() >= 2 else d.reshape(1, -1) for d in deltas]
+    norms = [torch.linalg.vector_norm(r, dim=-1) for r in rows]  # once per vector, not once per pair
     cosines = []
     for i, a in enumerate(rows):
-        for b in rows[i + 1 :]:
-            norm_product = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
-            cosines.append(((a * b).sum(dim=-1) / norm_product.clamp(min=EPS)).clamp(-1, 1))
+        for j in range(i + 1, len(rows)):
+            norm_product = norms[i] * norms[j]
+            cosines.append(((a * rows[j]).sum(dim=-1) / norm_product.clamp(min=EPS)).clamp(-1, 1))
     cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
     count = len(deltas)
     denominator = 1 + (count - 1) * cos
