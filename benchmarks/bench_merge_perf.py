@@ -9,7 +9,8 @@ Each configuration (model size, number of vectors, method, thread setting) runs 
 2. the **floor**: the time to read every input of the merge once - one ``torch.sum`` over every floating tensor of
    the base and over every delta of every vector. It is the memory-bandwidth bound of any merge (which must also
    write one model, not counted) and includes one operation's overhead per tensor and input, which any per-tensor
-   merge pays too. Also one ``sum`` over a single buffer of the same size (pure bandwidth), for reference;
+   merge pays too. Also one ``sum`` over a single buffer of the same size (pure bandwidth), and the time to write
+   one model into fresh memory (``write``: first touch of every output page), for reference;
 3. the **merge**: ``yolo_taskvec.merging.merge_states(base, vectors, method, scale=1/n, bn="merge")`` (what
    ``merge``/the CLI run). Floor and merge are measured **side by side**: every repeat times the floor, then the merge
    (and the components below), so both see the same load; the fastest of the repeats of each is kept (at least
@@ -186,6 +187,7 @@ def merge_parts(base, vectors, method_name: str, scale: float) -> dict[str, floa
     with Stopwatch() as watch:
         vids = [vector_id(v) for v in vectors]
     count("ids", watch)
+    kept = []  # outputs stay alive as in a merge (a growing model in fresh memory costs page faults)
     for key, b in base.items():
         if not is_mergeable(key, b) or is_bn_stat(key):
             continue
@@ -196,14 +198,22 @@ def merge_parts(base, vectors, method_name: str, scale: float) -> dict[str, floa
         count("math", watch)
         owned = all(merged.untyped_storage().data_ptr() != t.untyped_storage().data_ptr() for t in (*ds, b))
         with Stopwatch() as watch:
-            torch.add(b, merged, alpha=scale, out=merged if owned else None)
+            kept.append(torch.add(b, merged, alpha=scale, out=merged if owned else None))
         count("add", watch)
         del merged
         rngs = [_rng(0, key, vid) for vid in vids] if method.random else None
         with Stopwatch() as watch:
-            method.apply(ds, list(weights), base=b, alpha=scale, rngs=rngs, **params)
+            kept.append(method.apply(ds, list(weights), base=b, alpha=scale, rngs=rngs, **params))
         count("apply", watch)
     return parts
+
+
+def write_model(base) -> list:
+    """Write one model's worth of fresh memory (every floating tensor of the base, first touch): what producing the
+    merged state dict costs at least, beside reading the inputs. Returned so that it stays alive while timed."""
+    import torch
+
+    return [torch.empty_like(t).fill_(1.0) for t in base.values() if t.is_floating_point()]
 
 
 def worker(config: dict) -> dict:
@@ -233,6 +243,10 @@ def worker(config: dict) -> dict:
         with Stopwatch(device) as watch:
             buffer.sum()
         keep("floor_bw", watch)
+        with Stopwatch(device) as watch:
+            written = write_model(base)
+        keep("write", watch)
+        del written
         gc.collect()
         if peak is None:
             before = rss_bytes()
@@ -251,7 +265,7 @@ def worker(config: dict) -> dict:
     out = {
         "torch_threads": torch.get_num_threads(), "model_mb": model_bytes / 2**20, "inputs_mb": model_bytes * (1 + len(vectors)) / 2**20,
         **best, "merge_runs": runs, "ratio": best["merge_s"] / best["floor_s"], "ratio_cpu": best["merge_cpu_s"] / best["floor_cpu_s"],
-        "ratio_bw": best["merge_s"] / best["floor_bw_s"],
+        "ratio_bw": best["merge_s"] / best["floor_bw_s"], "ratio_rw_cpu": best["merge_cpu_s"] / (best["floor_cpu_s"] + best["write_cpu_s"]),
         "peak_extra_mb": peak / 2**20, "peak_extra_models": peak / model_bytes, "peak_method": "VmHWM" if reset else "ru_maxrss",
     }
     if config["math"]:
@@ -447,8 +461,8 @@ def goal_lines(rows: list[dict], suffix: str, clock: str) -> list[str]:
         "",
         f"Judged on the {clock} ratio. *projected*: merge − ids − math − add + apply (see below), the merge with the recommended driver change.",
         "",
-        "| method | target | merge ÷ floor, wall clock (min–max) | merge ÷ floor, CPU time (min–max) | met | projected (min–max) |",
-        "|---|---|---|---|---|---|",
+        "| method | target | merge ÷ floor, wall clock (min–max) | merge ÷ floor, CPU time (min–max) | met | projected (min–max) | merge ÷ (floor + writing one model), CPU time |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method, target in TARGETS.items():
         sub = [r for r in rows if r["method"] == method and "error" not in r]
@@ -460,7 +474,9 @@ def goal_lines(rows: list[dict], suffix: str, clock: str) -> list[str]:
         proj = [ratio(r, suffix, "projected") for r in sub if f"projected{suffix}_s" in r]
         ok = "yes" if max(judged) <= target else f"no ({sum(x > target for x in judged)} of {len(judged)} over)"
         pr = f"{min(proj):.1f}–{max(proj):.1f}× ({sum(x <= target for x in proj)} of {len(proj)} within)" if proj else "-"
-        out.append(f"| {method} | ≤ {target:g}× | {min(wall):.1f}–{max(wall):.1f}× | {min(cpu):.1f}–{max(cpu):.1f}× | {ok} | {pr} |")
+        rw = [r["ratio_rw_cpu"] for r in sub if "ratio_rw_cpu" in r]
+        rws = f"{min(rw):.1f}–{max(rw):.1f}×" if rw else "-"
+        out.append(f"| {method} | ≤ {target:g}× | {min(wall):.1f}–{max(wall):.1f}× | {min(cpu):.1f}–{max(cpu):.1f}× | {ok} | {pr} | {rws} |")
     return out + [""]
 
 
@@ -469,11 +485,13 @@ def size_tables(size: str, threads: str, sub: list[dict], suffix: str, clock: st
     tt = next((x["torch_threads"] for x in sub if "torch_threads" in x), "?")
     model_mb = next((x["model_mb"] for x in sub if "model_mb" in x), 0)
     floors = {c: next(((x["floor_s"], x["floor_bw_s"]) for x in sub if x["count"] == c and "floor_s" in x), None) for c in counts}
+    writes = [x["write_cpu_s"] / x["floor_cpu_s"] for x in sub if "write_cpu_s" in x]
     lines = [
         f"### yolo26{size} ({model_mb:.0f} MB fp32), threads = {threads} (torch threads {tt})",
         "",
         "Floor, read all inputs once, per tensor (one contiguous buffer of the same size), as measured with the first method: "
-        + ", ".join(f"n={c}: {f[0] * 1e3:.1f} ms ({f[1] * 1e3:.1f} ms)" for c, f in floors.items() if f) + ". Every configuration measures its own floor, side by side with its merge; its ratio is to that floor.",
+        + ", ".join(f"n={c}: {f[0] * 1e3:.1f} ms ({f[1] * 1e3:.1f} ms)" for c, f in floors.items() if f) + ". Every configuration measures its own floor, side by side with its merge; its ratio is to that floor."
+        + (f" Writing one model into fresh memory (first touch of the output) costs {min(writes):.1f}–{max(writes):.1f}× the floor (CPU time) on top." if writes else ""),
         "",
         "| method | " + " | ".join(f"n={c}: time (× floor: wall, CPU)" for c in counts) + " | " + " | ".join(f"n={c}: peak extra MB (models)" for c in counts) + " |",
         "|---|" + "---|" * (2 * len(counts)),

@@ -22,6 +22,11 @@ def linear_apply(deltas: list[torch.Tensor], weights: list[float], *, base: torc
 
     Per entry the same operations as ``torch.add(base, weighted_sum(deltas, weights) / divisor, alpha=alpha)``.
     """
+    if base.numel() <= CHUNK:  # one chunk: the driver's own operations, without the slicing
+        out = weighted_sum(deltas, weights)
+        if divisor != 1.0:
+            out.div_(divisor)
+        return torch.add(base, out, alpha=alpha, out=out)
     b = base.reshape(-1)
     flat = [d.reshape(-1) for d in deltas]
     out = torch.empty_like(b)
