@@ -33,6 +33,7 @@ removed from the subprocess environment). A configuration that exceeds ``timeout
     python benchmarks/bench_merge_perf.py                                  # everything (long on CPU: ~1-2 h)
     python benchmarks/bench_merge_perf.py sizes=n counts=2,8 threads=1     # a subset
     python benchmarks/bench_merge_perf.py device=0                         # tensors on the GPU
+    python benchmarks/bench_merge_perf.py render=true baseline=old/merge_perf.json baseline_label="commit abc"  # compare
 
 Writes ``benchmarks/results/merge_perf.{md,json,png}``. Timings on a shared, loaded machine are noisy (the load
 average is recorded); ratios measured side by side are what to read.
@@ -66,6 +67,8 @@ DEFAULTS = {
     "device": "cpu",
     "out": str(RESULTS),
     "render": "false",  # true: rebuild the .md/.png from the stored .json, measure nothing
+    "baseline": "",  # a merge_perf.json measured with another version of the code: its CPU rows are stored beside
+    "baseline_label": "",  # this run's as "baseline" and compared in the Markdown (what that version was)
     "worker": "",  # internal: one configuration as JSON, run in a subprocess
 }
 DELTA_RATIO = 0.10  # std(τ)/std(θ), median over the learned tensors of τ(fruit-night)
@@ -437,6 +440,7 @@ def markdown(runs: dict) -> str:
                 "",
             ]
         lines += goal_lines(rows, suffix, clock)
+        lines += baseline_lines(r, suffix, clock)
         for size in dict.fromkeys(x["size"] for x in rows):
             for threads in dict.fromkeys(x["threads"] for x in rows):
                 sub = [x for x in rows if x["size"] == size and x["threads"] == threads]
@@ -518,6 +522,8 @@ def size_tables(size: str, threads: str, sub: list[dict], suffix: str, clock: st
             "*add* = the driver's `base + scale·merged`; *driver* = merge − math − add (content ids, ordering, BN policy, checks,",
             "Python per tensor); *ids* = the content ids alone; *apply* = `Method.apply` (base + scale·merge streamed in one pass);",
             "*projected* = merge − ids − math − add + apply, the merge with the recommended driver change (a sum of measured parts).",
+            "Each part is the fastest of its own repeats, so a difference of them (driver, projected) carries their noise: a small",
+            "negative *driver* means a driver overhead below that noise.",
             "",
             "| method | n | merge | math | add | driver | of which ids | apply | projected |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -543,12 +549,16 @@ def plot(runs: dict, path: Path) -> None:
     rows = [x for x in r["rows"] if "error" not in x]
     panels = [(s, t) for s in dict.fromkeys(x["size"] for x in rows) for t in dict.fromkeys(x["threads"] for x in rows) if any(x["size"] == s and x["threads"] == t for x in rows)]
     methods = list(dict.fromkeys(x["method"] for x in r["rows"]))
-    palette = __import__("matplotlib").colormaps["tab10"].colors
-    styles = {m: dict(color=palette[i % 10], linestyle=("-", "--", ":")[i // 10 % 3], marker="osd^vP*Xh<>"[i % 11]) for i, m in enumerate(sorted(methods, key=lambda m: (m not in TARGETS, m)))}
+    cmaps = __import__("matplotlib").colormaps
+    palette = list(cmaps["tab10"].colors) + list(cmaps["Dark2"].colors)  # 18 colours, one per method, 4 strongest first
+    styles = {
+        m: dict(color=palette[i % len(palette)], linestyle="-" if i < 10 else "--", marker="osd^vP*Xh<>p8H"[i % 14])
+        for i, m in enumerate(sorted(methods, key=lambda m: (m not in TARGETS, m)))
+    }
     for m in TARGETS:
         if m in styles:
             styles[m].update(linewidth=2.6, markersize=7)
-    fig = Figure(figsize=(19, 4.9 * len(panels) + 0.9))
+    fig = Figure(figsize=(19, 4.9 * len(panels) + 1.6))
     axes = fig.subplots(len(panels), 3, squeeze=False)
     ticks = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500]
     times = FuncFormatter(lambda v, _: f"{v:g}×")
@@ -570,6 +580,9 @@ def plot(runs: dict, path: Path) -> None:
                 middle.plot(pc, pr, **styles[m])
                 middle.plot(pc, pp, **{**styles[m], "linestyle": "--", "markerfacecolor": "white"})
                 lo, hi = min(lo, *pp), max(hi, *pp)
+        written = sorted({x["count"]: 1 + x[f"write{suffix}_s"] / x[f"floor{suffix}_s"] for x in sub if f"write{suffix}_s" in x}.items())
+        if written:  # what reading the inputs once and writing one model into fresh memory cost, ÷ the floor
+            middle.plot(*zip(*written), color="dimgray", linestyle="-.", linewidth=1.5, marker="|", markersize=10)
         for ax in (left, middle):
             ax.axhline(2, color="black", linestyle=(0, (1, 1)), linewidth=1.3)
             ax.axhline(5, color="red", linestyle=(0, (1, 1)), linewidth=1.3)
@@ -593,31 +606,71 @@ def plot(runs: dict, path: Path) -> None:
         Line2D([], [], color="red", linestyle=(0, (1, 1)), linewidth=1.3, label="target 5× (TIES, DARE, DARE-TIES)"),
         Line2D([], [], color="gray", linestyle="-", marker="o", label="today: merge_states (middle)"),
         Line2D([], [], color="gray", linestyle="--", marker="o", markerfacecolor="white", label="projected: Method.apply + cached ids (middle)"),
+        Line2D([], [], color="dimgray", linestyle="-.", linewidth=1.5, marker="|", markersize=10, label="read inputs once + write one model into fresh memory (middle)"),
     ]
-    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=8, fontsize=8.5, frameon=False)
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=7, fontsize=8.5, frameon=False)
     notes = "\n".join(textwrap.fill(line, 230) for line in absent_methods(r["rows"]))
     if notes:
-        fig.text(0.5, 0.075, notes, ha="center", va="bottom", fontsize=8.5)
+        fig.text(0.5, 0.092, notes, ha="center", va="bottom", fontsize=8.5)
     env = r["environment"]
     fig.suptitle(
         f"Merge cost ÷ read-once memory floor ({clock}) on {kind.upper()} ({env['cpu']}, {env['logical_cpus']} logical CPUs, load average at start "
         f"{env['load_average_start'].split()[0]}): random task vectors of yolo26n/yolo26x, merge_states(scale=1/n, bn=merge)",
         fontsize=11,
     )
-    fig.tight_layout(rect=(0, 0.1 if notes else 0.07, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.125 if notes else 0.09, 1, 0.97))
     save_figure(fig, path)
+
+
+def attach_baseline(args: dict[str, str], kind: str) -> None:
+    """Store the rows of another version's run (``baseline=``) beside this run's in the stored JSON."""
+    from yolo_taskvec.atomic import write_text_atomic
+
+    path = Path(args["out"]) / "merge_perf.json"
+    runs, other = json.loads(path.read_text()), json.loads(Path(args["baseline"]).read_text())[kind]
+    runs[kind]["baseline"] = {"label": args["baseline_label"] or args["baseline"], "environment": other["environment"], "settings": other.get("settings", {}), "rows": other["rows"]}
+    write_text_atomic(path, json.dumps(runs, indent=1, ensure_ascii=False))
+
+
+def baseline_lines(r: dict, suffix: str, clock: str) -> list[str]:
+    """Targeted methods, this code vs the stored baseline, where both ran the same configuration."""
+    base = r.get("baseline")
+    if not base:
+        return []
+    lines = [
+        "### Compared with the code before this change",
+        "",
+        f"Baseline: {base['label']} — the same benchmark, run {base['environment']['date']} on the same machine (load average at start",
+        f"{base['environment']['load_average_start']}). {clock} ratios, merge ÷ floor, each measured side by side in its own run.",
+        "",
+        "| model | n | method | before | now | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for old in base["rows"]:
+        new = next((x for x in r["rows"] if all(x.get(k) == old.get(k) for k in ("size", "count", "method", "threads")) and "error" not in x), None)
+        if new is None or "error" in old or f"merge{suffix}_s" not in old:
+            continue
+        before, now = ratio(old, suffix), ratio(new, suffix)
+        lines.append(f"| yolo26{old['size']} | {old['count']} | {old['method']} | {before:.1f}× | {now:.1f}× | {before / now:.2f}× |")
+    return lines + [""]
 
 
 def main() -> None:
     args = parse_args(sys.argv[1:], DEFAULTS, "bench_merge_perf.py")
+    kind = device_kind(args["device"])
     if as_bool(args["render"]):
+        if args["baseline"]:
+            attach_baseline(args, kind)
         render_outputs("merge_perf", Path(args["out"]), markdown=markdown, plot=plot)
         return
     if args["worker"]:
         print(json.dumps(worker(json.loads(args["worker"]))))
         return
     result = run(args)
-    write_outputs("merge_perf", result, Path(args["out"]), kind=device_kind(args["device"]), markdown=markdown, plot=plot)
+    write_outputs("merge_perf", result, Path(args["out"]), kind=kind, markdown=markdown, plot=plot)
+    if args["baseline"]:
+        attach_baseline(args, kind)
+        render_outputs("merge_perf", Path(args["out"]), markdown=markdown, plot=plot)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ Memory stays flat in the number of vectors: cut-offs are found once per vector, 
 cache-sized chunks; each vector's chunk is sparsified and folded into a fixed set of accumulators (for ``sign``:
 the total Σt, the absolute mass Σ|t|, the weighted signs Σw·sign t and the weight of the non-zero entries Σw·|sign t|;
 the agreeing mass is (Σt + σΣ|t|)/2 and its weight (Σw|sign t| + σΣw·sign t)/2 for the elected sign σ = ±1), so the
-election and the mean need one pass and no stack of all vectors. Every step is an in-place two-operand tensor
-operation on a chunk that stays in the L2 cache. The inputs are never modified.
+election and the mean need one pass and no stack of all vectors. The steps are in-place tensor operations on a
+chunk that stays in the L2 cache, with buffers reused across tensors (``scratch``). The inputs are never modified.
 """
 
 from __future__ import annotations
