@@ -14,7 +14,7 @@ from yolo_taskvec import TaskVector, merge, method_names
 from yolo_taskvec.cli import main
 from yolo_taskvec.errors import TaskVecError
 from yolo_taskvec.merging import merge_states
-from yolo_taskvec.methods import get_method, orthogonalize, sparse
+from yolo_taskvec.methods import arithmetic, get_method, orthogonalize, sparse
 from yolo_taskvec.methods.masks import disjoint_masks
 
 METHODS = method_names()
@@ -33,6 +33,8 @@ IDENTITY = {
     "breadcrumbs_ties": {"density": 1.0, "gamma": 0.0},
     "disjoint": {},
     "tsv": {"fraction": 1.0},
+    "della": {"density": 1.0},
+    "della_linear": {"density": 1.0},
 }
 
 
@@ -94,13 +96,14 @@ def assert_states_equal(a: dict, b: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------- registry
 def test_registry_documents_every_method():
-    expected = {"task_arithmetic", "average", "slerp", "ties", "dare", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "magnitude_prune", "consensus", "disjoint", "tsv", "iso_c", "iso_cts"}
+    expected = {"task_arithmetic", "average", "slerp", "ties", "dare", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "magnitude_prune", "consensus", "disjoint", "tsv", "iso_c", "iso_cts", "della", "della_linear", "model_stock"}
     assert expected <= set(METHODS)
     for name in METHODS:
         m = get_method(name)
         assert m.doc.strip() and m.paper.strip(), name
         for p in m.params:
             assert p.coerce(p.default, name) == p.default, (name, p.name)
+            assert p.choices is None or p.default in p.choices, (name, p.name)
 
 
 def test_parameters_are_checked():
@@ -110,6 +113,10 @@ def test_parameters_are_checked():
         get_method("ties").resolve({"density": 1.5})
     with pytest.raises(TaskVecError, match="did you mean ties"):
         get_method("tise")
+    with pytest.raises(TaskVecError, match=r"rescale='l2' is not one of inverse, l1, none"):
+        get_method("dare").resolve({"rescale": "l2"})
+    with pytest.raises(TaskVecError, match=r"della: epsilon=0.35 must keep density ± epsilon inside \(0, 1\)"):
+        get_method("della").resolve({"density": 0.7, "epsilon": 0.35})
     base, vectors = random_state(0, 3)
     with pytest.raises(TaskVecError, match="slerp needs exactly 2 models, got 3"):
         merge_states(base, vectors, "slerp")
@@ -118,7 +125,7 @@ def test_parameters_are_checked():
 
 
 # ----------------------------------------------------------------------------------------------- sparsify + consensus
-def ties_reference(deltas, weights, density):
+def ties_reference(deltas, weights, density, *, election="sum", normalize=True):
     """TIES as mergekit writes it, over a stack of all vectors (the streaming implementation must agree)."""
     kept = []
     for d in deltas:
@@ -127,11 +134,11 @@ def ties_reference(deltas, weights, density):
         kept.append(d * (d.abs() >= threshold))
     w = torch.tensor(weights).view(-1, *[1] * deltas[0].dim())
     t = torch.stack(kept) * w
-    elected = torch.where(t.sum(0) >= 0, 1.0, -1.0)
+    elected = torch.where((t.sum(0) if election == "sum" else t.sign().sum(0)) >= 0, 1.0, -1.0)
     agree = t.sign() == elected
     den = (w * agree).sum(0)
     den[den == 0] = 1
-    return (t * agree).sum(0) / den
+    return (t * agree).sum(0) / den if normalize else (t * agree).sum(0)
 
 
 @PROPERTY
@@ -214,6 +221,156 @@ def test_seeds_reproduce_random_methods_exactly(name):
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
+
+# ----------------------------------------------------------------------------------------------- mergekit's options
+def quantized(d: torch.Tensor, step: float = 0.02) -> torch.Tensor:
+    """Magnitudes on a coarse grid: many ties, as in task vectors of fp16 checkpoints."""
+    return (d / step).round() * step
+
+
+@PROPERTY
+@given(stacks(), st.floats(0.05, 1.0), st.integers(1, 40), st.sampled_from(["sum", "count"]), st.booleans())
+def test_ties_elections_and_sums_stream_like_the_stacked_reference(stack, density, chunk, election, normalize):
+    deltas, weights, _ = stack
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sparse, "CHUNK", chunk)
+        got = call("ties", deltas, weights, density=density, election=election, normalize=normalize, cutoff="kth_value")
+    want = ties_reference(deltas, weights, density, election=election, normalize=normalize)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+@PROPERTY
+@given(stacks(max_n=1, shapes=[(300,), (20, 30), (6, 4, 3, 3)]), st.floats(0.05, 0.95), st.integers(7, 400))
+def test_cutoffs_keep_ties_or_exactly_k_in_argsort_order(stack, density, chunk):
+    (d,), _, _ = stack
+    d = quantized(d)
+    n, k = d.numel(), sparse.keep_count(d.numel(), density)
+    mags = d.abs().flatten()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sparse, "CHUNK", chunk)  # top_k ties must be placed right across chunks
+        kth, top, sampled = (call("magnitude_prune", [d], density=density, cutoff=c).flatten() for c in ("kth_value", "top_k", "sampled"))
+    threshold = mags.sort(descending=True).values[k - 1]
+    assert torch.equal(kth, d.flatten() * (mags >= threshold))  # every entry tied with the k-th is kept
+    reference = torch.zeros(n)
+    reference[torch.argsort(mags, descending=True)[:k]] = 1.0  # mergekit's choice among the ties
+    assert torch.equal(top, d.flatten() * reference)
+    assert torch.equal(sampled, kth)  # small tensors: the sample is the whole tensor
+    crumbs = call("breadcrumbs", [d], density=density, gamma=0.1, cutoff="top_k").flatten()
+    keep, drop = sparse.keep_count(n, density), int(0.1 * n)
+    bottom = max(0, n - keep - drop)
+    reference.zero_()[torch.sort(mags).indices[bottom : bottom + keep]] = 1.0
+    assert torch.equal(crumbs, d.flatten() * reference)
+
+
+@pytest.mark.parametrize("key", ["model.7.conv.weight", "model.3.conv.weight", "model.6.cv2.conv.weight", "model.10.cv1.conv.weight"])
+@pytest.mark.parametrize("density", [0.1, 0.5, 0.9])
+def test_sampled_cutoffs_keep_the_density_on_real_tensors(night_vector, key, density):
+    """Above 16384 entries the sampled k-th magnitude is within the sampling error of the exact one (its rank)."""
+    d = night_vector.deltas[key].reshape(-1)
+    n, k = d.numel(), sparse.keep_count(d.numel(), density)
+    (threshold,) = sparse.sampled_thresholds(d, k)
+    m = len(range(sparse.sample_stride(n) // 2, n, sparse.sample_stride(n)))
+    slack = 5 * math.sqrt(density * (1 - density) / m) * n
+    mags = d.abs()
+    above, at_or_above = int((mags > threshold).sum()), int((mags >= threshold).sum())
+    assert above <= k + slack and at_or_above >= k - slack  # the threshold's rank is k, up to 5 standard deviations
+    kept = int((call("magnitude_prune", [night_vector.deltas[key]], density=density) != 0).sum())
+    assert kept == int(((mags >= threshold) & (d != 0)).sum())
+    assert n > sparse.EXACT and (m >= sparse.MIN_SAMPLE or n < 7 * sparse.MIN_SAMPLE)
+
+
+@PROPERTY
+@given(stacks(max_n=1, shapes=[(500,), (30, 40)]), st.sampled_from(["magnitude_prune", "dare", "breadcrumbs", "della_linear"]), st.integers(0, 100))
+def test_l1_rescale_restores_each_vectors_l1_norm(stack, name, seed):
+    (d,), _, _ = stack
+    params = {"magnitude_prune": {"density": 0.3}, "dare": {"p": 0.7}, "breadcrumbs": {"density": 0.5, "gamma": 0.05}, "della_linear": {"density": 0.3, "epsilon": 0.1}}[name]
+    out = call(name, [d], seed=seed, rescale="l1", **params)
+    plain = call(name, [d], seed=seed, rescale="none", **params)
+    assert torch.equal(out != 0, plain != 0)  # same masks (the random stream is rewound after the norm pass)
+    torch.testing.assert_close(out.abs().sum(), d.abs().sum(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(out, plain * (d.abs().sum() / plain.abs().sum()), rtol=1e-5, atol=1e-7)
+
+
+@PROPERTY
+@given(stacks(max_n=1, shapes=[(257,), (16, 40), (8, 5, 3, 3), (12, 1, 3, 3)]), st.floats(0.2, 0.8), st.floats(0.0, 0.19))
+def test_della_probabilities_rise_with_magnitude_rank_within_rows(stack, density, epsilon):
+    (d,), _, _ = stack
+    cols = d[0].numel() if d.dim() >= 2 else d.numel()
+    step = sparse.Sparsifier(d.reshape(-1), "della", density=density, p=0, gamma=0, epsilon=epsilon, cutoff="sampled", rescale="inverse", rng=torch.Generator().manual_seed(0), cols=cols)
+    probs = step.della_probabilities(d.reshape(-1)).reshape(-1, cols)
+    rows = d.reshape(-1, cols).abs()
+    order = rows.argsort(dim=1)
+    ranked = probs.gather(1, order)
+    assert bool((ranked.diff(dim=1) >= 0).all())  # non-decreasing with |τ| in every row
+    torch.testing.assert_close(ranked[:, 0], torch.full_like(ranked[:, 0], density - epsilon))
+    torch.testing.assert_close(ranked[:, -1], torch.full_like(ranked[:, -1], density + epsilon))
+    torch.testing.assert_close(probs.mean(dim=1), torch.full_like(probs[:, 0], density), rtol=1e-5, atol=1e-6)
+
+
+@PROPERTY
+@given(stacks(max_n=1, shapes=[(4000,), (40, 100)]), st.floats(0.2, 0.8), st.floats(0.0, 0.19), st.integers(0, 1000))
+def test_della_keeps_at_rate_density_and_rescales_each_entry_by_its_probability(stack, density, epsilon, seed):
+    (d,), (w,), _ = stack
+    cols = d.shape[1] if d.dim() == 2 else d.numel()
+    out = call("della_linear", [d], [w], density=density, epsilon=epsilon, seed=seed)
+    step = sparse.Sparsifier(d.reshape(-1), "della", density=density, p=0, gamma=0, epsilon=epsilon, cutoff="sampled", rescale="inverse", rng=torch.Generator().manual_seed(0), cols=cols)
+    probs = step.della_probabilities(d.reshape(-1)).reshape(d.shape)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], d[kept] * w / probs[kept], rtol=1e-6, atol=0)
+    assert abs(float(kept.float().mean()) - density) < 5 * math.sqrt(density * (1 - density) / d.numel())
+
+
+@PROPERTY
+@given(stacks(min_n=2, shapes=[(50,), (6, 4, 3, 3), (8, 5)]), st.booleans())
+def test_model_stock_ratio_follows_the_angle(stack, filter_wise):
+    deltas, weights, _ = stack
+    rows = [x.reshape(x.shape[0], -1) if filter_wise and x.dim() >= 2 else x.reshape(1, -1) for x in deltas]
+    n = len(deltas)
+    cos = torch.stack([torch.nn.functional.cosine_similarity(a, b, dim=1) for i, a in enumerate(rows) for b in rows[i + 1 :]]).mean(0)
+    t = (n * cos / (1 + (n - 1) * cos)).unsqueeze(1)
+    mean = sum(w * x for w, x in zip(weights, rows)) / sum(weights)
+    got = call("model_stock", deltas, weights, filter_wise=filter_wise)
+    torch.testing.assert_close(got, (t * mean).reshape(deltas[0].shape), rtol=1e-4, atol=1e-6)
+    d = deltas[0]
+    torch.testing.assert_close(call("model_stock", [d, d.clone()], filter_wise=filter_wise), d, rtol=1e-6, atol=1e-7)  # parallel: t = 1, the soup
+    assert not call("model_stock", [d, -d], filter_wise=filter_wise).any()  # opposite: 1 + cos = 0, the base is kept
+
+
+def test_model_stock_of_orthogonal_vectors_is_the_base():
+    a, b = torch.zeros(10), torch.zeros(10)
+    a[:5], b[5:] = 1.0, 2.0
+    assert not call("model_stock", [a, b]).any()
+
+
+@pytest.mark.parametrize("name", METHODS)
+@settings(max_examples=8, deadline=None)
+@given(stack=stacks(min_n=2, max_n=3, shapes=[(33,), (6, 5), (4, 3, 3, 3)]), alpha=st.sampled_from([0.0, 0.3, 1.0, -0.5]), chunk=st.integers(5, 64))
+def test_apply_is_the_base_plus_alpha_times_the_merge(name, stack, alpha, chunk):
+    deltas, weights, base = stack
+    deltas = deltas[:2] if name == "slerp" else deltas
+    weights = weights[: len(deltas)]
+    method = get_method(name)
+    resolved = method.resolve({})
+    weights = method.prepare_weights(weights, resolved)
+    rngs = lambda: [torch.Generator().manual_seed(5 + i) for i in range(len(deltas))] if method.random else None  # noqa: E731
+    before = [d.clone() for d in deltas]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sparse, "CHUNK", chunk)
+        mp.setattr(arithmetic, "CHUNK", chunk)
+        merged = method.fn(list(deltas), list(weights), base=base, rngs=rngs(), **resolved)
+        want = torch.add(base, merged, alpha=alpha)  # what the driver does
+        got = method.apply(list(deltas), list(weights), base=base, alpha=alpha, rngs=rngs(), **resolved)
+    assert torch.equal(got, want), name  # fused methods stream it, bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(deltas, before))
+    if alpha == 0.0:
+        assert torch.equal(got, base)
+
+
+def test_one_keep_count_for_methods_and_compression():
+    from yolo_taskvec import compress
+
+    assert compress.keep_count is sparse.keep_count
+    assert [sparse.keep_count(100, f) for f in (0.0, 0.001, 0.015, 0.29, 0.5, 1.0)] == [0, 1, 1, 28, 50, 100]  # int(), as mergekit
 
 # ----------------------------------------------------------------------------------------------- masks
 @PROPERTY
@@ -425,7 +582,7 @@ def test_every_method_runs_from_the_api(name, base_model, night_vector, raccoon_
     params = {"t": 0.5} if name == "slerp" else {}
     yolo = merge(base_model, [night_vector, raccoon_body], method=name, scale=0.5, classes="base", **params)
     state = yolo.model.state_dict()
-    assert yolo.ckpt["taskvec"]["method"] == name
+    assert yolo.ckpt["taskvec"]["recipe"]["method"] == name and yolo.ckpt["taskvec"]["report"]["method"] == name
     assert all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
     assert all(bool((t > 0).all()) for k, t in state.items() if k.endswith("running_var"))
     assert not torch.equal(state["model.2.cv2.conv.weight"].float(), base_model.state["model.2.cv2.conv.weight"])

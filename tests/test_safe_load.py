@@ -210,7 +210,7 @@ from ultralytics import YOLO
 from yolo_taskvec.checkpoint import load_model
 merged = load_model(sys.argv[1])
 yolo = YOLO(sys.argv[1])
-print(json.dumps({"safe": ultralytics.utils.SAFE_LOAD, "weights_only": calls, "task": yolo.task, "vectors": merged.ckpt["taskvec"]["vectors"], "scale": merged.ckpt["taskvec"]["scale"]}))
+print(json.dumps({"safe": ultralytics.utils.SAFE_LOAD, "weights_only": calls, "task": yolo.task, "vectors": merged.ckpt["taskvec"]["names"], "scale": merged.ckpt["taskvec"]["recipe"]["scale"]}))
 """
 
 
@@ -226,7 +226,7 @@ def test_safe_load_end_to_end(tmp_path, base_pt, night_pt):
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["safe"] is True and result["weights_only"] and all(result["weights_only"]), result  # every load was weights_only
-    assert result["task"] == "detect" and result["vectors"] == ["yolo26n-fruit-night"] and result["scale"] == 0.5
+    assert result["task"] == "detect" and result["vectors"] == ["night"] and result["scale"] == 0.5
 
 
 # ----------------------------------------------------------------------------------------------- convert

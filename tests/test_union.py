@@ -119,7 +119,7 @@ def test_same_classes_fine_tune_merges_into_the_base_branch(base, tasks, night_m
     """A fine-tune of the base's own classes (fruit-night) is merged, class branch included; it adds no classes."""
     union = merge(base, [night_model, tasks[0]], scale=0.5, classes="union")
     assert len(union.model.names) == 81 and union.model.names[80] == "raccoon"
-    assert union.ckpt["taskvec"]["union_own_branches"] == [0, 2]
+    assert union.ckpt["taskvec"]["union"]["union_own_branches"] == [0, 2]
     key = "model.23.cv3.2.1.1.conv.weight"  # the base's block (task 0) holds base + 0.5·τ(night)
     expected = base.state[key] + 0.5 * (night_model.state[key] - base.state[key])
     assert torch.allclose(union.model.state_dict()[key][:80].float(), expected, atol=1e-6)

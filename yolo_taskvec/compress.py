@@ -42,6 +42,7 @@ import torch
 from .errors import TaskVecError, VectorFileError
 from .files import DECODERS, DTYPES, dense_encoder, save_vector
 from .limits import MAX_TENSOR_VALUES
+from .methods.sparse import keep_count
 from .taskvector import TaskVector, is_bn_stat
 
 SCOPES = ("tensor", "global")
@@ -268,11 +269,6 @@ def top_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     if k <= 0:
         return torch.zeros(0, dtype=torch.int64)
     return torch.topk(x.reshape(-1).abs(), k, sorted=False).indices.sort().values
-
-
-def keep_count(numel: int, fraction: float) -> int:
-    """Entries a fraction keeps per tensor: ``round(fraction·numel)``, at least one."""
-    return min(numel, max(1, round(fraction * numel)))
 
 
 def gap_code(idx: torch.Tensor) -> torch.Tensor:

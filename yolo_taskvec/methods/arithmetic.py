@@ -6,6 +6,8 @@ import torch
 
 from .registry import mean_stat_weights, register
 
+CHUNK = 1 << 16  # entries per chunk of the fused form: the chunk stays in L2 between its operations
+
 
 def weighted_sum(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     """``Σ w_i τ_i``, accumulated in place (one pass over each input)."""
@@ -15,7 +17,41 @@ def weighted_sum(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tens
     return out
 
 
-@register("task_arithmetic", doc="Sum of the weighted task vectors.", paper="Ilharco et al. 2023, Editing Models with Task Arithmetic (ICLR)")
+def linear_apply(deltas: list[torch.Tensor], weights: list[float], *, base: torch.Tensor, alpha: float, divisor: float = 1.0, **_: object) -> torch.Tensor:
+    """``base + alpha · (Σ w_i τ_i) / divisor`` chunk by chunk: every input read once, the output written once.
+
+    Per entry the same operations as ``torch.add(base, weighted_sum(deltas, weights) / divisor, alpha=alpha)``.
+    """
+    if base.numel() <= CHUNK:  # one chunk: the driver's own operations, without the slicing
+        out = weighted_sum(deltas, weights)
+        if divisor != 1.0:
+            out.div_(divisor)
+        return torch.add(base, out, alpha=alpha, out=out)
+    b = base.reshape(-1)
+    flat = [d.reshape(-1) for d in deltas]
+    out = torch.empty_like(b)
+    for start in range(0, b.numel(), CHUNK):
+        stop = min(b.numel(), start + CHUNK)
+        target = torch.mul(flat[0][start:stop], weights[0], out=out[start:stop])
+        for d, w in zip(flat[1:], weights[1:]):
+            target.add_(d[start:stop], alpha=w)
+        if divisor != 1.0:
+            target.div_(divisor)
+        torch.add(b[start:stop], target, alpha=alpha, out=target)
+    return out.reshape(base.shape)
+
+
+def average_weights(weights: list[float]) -> list[float]:
+    total = sum(weights)
+    return [w / total for w in weights] if total else [0.0] * len(weights)
+
+
+@register(
+    "task_arithmetic",
+    doc="Sum of the weighted task vectors.",
+    paper="Ilharco et al. 2023, Editing Models with Task Arithmetic (ICLR)",
+    fused=linear_apply,
+)
 def task_arithmetic(deltas: list[torch.Tensor], weights: list[float], **_: object) -> torch.Tensor:
     """``Σ w_i τ_i``; one vector of weight 1 is returned as it is (apply and swap: one pass over memory less)."""
     if len(deltas) == 1 and weights[0] == 1.0:
@@ -23,7 +59,17 @@ def task_arithmetic(deltas: list[torch.Tensor], weights: list[float], **_: objec
     return weighted_sum(deltas, weights)
 
 
-@register("average", doc="Uniform (or weighted) soup of the fine-tunes: base + Σ w_i τ_i / Σ w_i.", paper="Wortsman et al. 2022, Model soups (ICML)", stat_weights=mean_stat_weights)
+def average_apply(deltas: list[torch.Tensor], weights: list[float], **kwargs: object) -> torch.Tensor:
+    return linear_apply(deltas, average_weights(weights), **kwargs)
+
+
+
+@register(
+    "average",
+    doc="Uniform (or weighted) soup of the fine-tunes: base + Σ w_i τ_i / Σ w_i.",
+    paper="Wortsman et al. 2022, Model soups (ICML)",
+    stat_weights=mean_stat_weights,
+    fused=average_apply,
+)
 def average(deltas: list[torch.Tensor], weights: list[float], **_: object) -> torch.Tensor:
-    total = sum(weights)
-    return weighted_sum(deltas, [w / total for w in weights]) if total else torch.zeros_like(deltas[0])
+    return weighted_sum(deltas, average_weights(weights)) if sum(weights) else torch.zeros_like(deltas[0])

@@ -7,6 +7,9 @@ A method is a pure function over the deltas of ONE tensor::
 ``deltas`` are fp32 task-vector tensors of the same shape (one per model, in a canonical order), ``weights`` the
 per-model weights, ``base`` the base tensor (read-only), ``rngs`` one seeded generator per model for random
 methods. It returns the merged delta; the caller adds ``scale * merged`` to the base. No Ultralytics, no I/O.
+
+``Method.apply`` returns ``base + alpha · merged`` itself; a method registered with ``fused=`` computes that in one
+streaming pass (the base read once, no full-size intermediate), the others fall back to ``fn`` plus one addition.
 """
 
 from __future__ import annotations
@@ -74,16 +77,31 @@ class Method:
     max_models: int | None = None
     stat_weights: Callable[[list[float], Mapping[str, Any]], list[float]] = field(default=lambda w, p: list(w))
     prepare_weights: Callable[[list[float], Mapping[str, Any]], list[float]] = field(default=lambda w, p: list(w))
+    check: Callable[[Mapping[str, Any]], str | None] | None = None
+    fused: MethodFn | None = None
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Defaults filled in, types coerced, ranges checked; unknown names answered with close matches."""
+        """Defaults filled in, types coerced, ranges checked (also across parameters, by ``check``); unknown names
+        answered with close matches."""
         known = {p.name: p for p in self.params}
         for name in given:
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else (f"; it takes {', '.join(known)}." if known else "; it takes no parameters.")
                 raise TaskVecError(f"method {self.name} has no parameter '{name}'{hint}")
-        return {n: p.coerce(given[n], self.name) if n in given else p.default for n, p in known.items()}
+        resolved = {n: p.coerce(given[n], self.name) if n in given else p.default for n, p in known.items()}
+        problem = self.check(resolved) if self.check else None
+        if problem:
+            raise TaskVecError(f"{self.name}: {problem}")
+        return resolved
+
+    def apply(self, deltas: list[torch.Tensor], weights: list[float], *, base: torch.Tensor, alpha: float = 1.0, **kwargs: Any) -> torch.Tensor:
+        """``base + alpha · fn(deltas, weights, ...)`` as a new tensor (inputs untouched); fused methods stream it."""
+        if self.fused is not None:
+            return self.fused(deltas, weights, base=base, alpha=alpha, **kwargs)
+        merged = self.fn(deltas, weights, base=base, **kwargs)
+        owned = all(merged.untyped_storage().data_ptr() != t.untyped_storage().data_ptr() for t in (*deltas, base))
+        return torch.add(base, merged, alpha=alpha, out=merged if owned else None)  # what the driver does today
 
     def check_count(self, n: int) -> None:
         if n < self.min_models or (self.max_models is not None and n > self.max_models):
@@ -105,6 +123,8 @@ def register(
     max_models: int | None = None,
     stat_weights: Callable | None = None,
     prepare_weights: Callable | None = None,
+    check: Callable | None = None,
+    fused: MethodFn | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Decorator adding a method to the registry.
 
@@ -112,10 +132,12 @@ def register(
     (default: the per-model weights, as task arithmetic; ``mean_stat_weights`` for methods that average).
     ``prepare_weights(weights, params)``: per-model weights derived from parameters *in the order the models were
     given*, before the driver puts the models in canonical order (slerp's ``t`` needs it).
+    ``check(params)``: a sentence saying what is wrong with a combination of parameters, or None.
+    ``fused(deltas, weights, *, base, alpha, rngs, **params)``: ``base + alpha · fn(...)`` in one streaming pass.
     """
 
     def wrap(fn: MethodFn) -> MethodFn:
-        extra = {k: v for k, v in (("stat_weights", stat_weights), ("prepare_weights", prepare_weights)) if v}
+        extra = {k: v for k, v in (("stat_weights", stat_weights), ("prepare_weights", prepare_weights), ("check", check), ("fused", fused)) if v}
         _REGISTRY[name] = Method(name, fn, doc, paper, tuple(params), random, min_models, max_models, **extra)
         return fn
 
