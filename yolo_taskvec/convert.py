@@ -26,6 +26,7 @@ import torch
 from .atomic import atomic_output, check_output
 from .checkpoint import (
     FP16_MAX,
+    MODEL_FORMAT_VERSION,
     LoadedModel,
     ModelLike,
     build_from_yaml,
