@@ -31,7 +31,7 @@ DEFAULTS = {
     "union": "yolo26n-raccoon.pt,yolo26n-kangaroo.pt,yolo26n-bccd.pt",
     "policies": "merge,mixture,geometric,base",
     "daynight_scales": "0:1:0.1",
-    "union_scales": "0,0.05,0.1,0.2,0.3,0.5",
+    "union_scales": "0,0.05,0.1,0.2,0.3",
     "cliff_scales": "0,0.02,0.05,0.1",
     "select": "train:0.2",
     "imgsz": "320",
@@ -167,14 +167,16 @@ def main(argv: list[str]) -> None:
     result: dict[str, Any] = {"environment": env, "select": f"a seeded 20 % of the train images ({args['select']})", "imgsz": int(args["imgsz"])}
     with tempfile.TemporaryDirectory(prefix="bench-bn-") as tmp:
         work = Path(tmp)
+        kind = "cuda" if args["device"] not in ("cpu", "") else "cpu"
         if "daynight" in parts:
             result["daynight"] = [daynight(args, p, work) for p in policies]
-            print(markdown({"cpu": result}), flush=True)
+            write_outputs(STEM, result, RESULTS, kind=kind, markdown=markdown, plot=plot)  # each part is kept as it finishes
         if "union" in parts:
             norms = specialists(args)
             result["specialists"] = norms
             views = union_views(args, work)
             result["union"] = [union(args, p, views, norms, work) for p in policies]
+            write_outputs(STEM, result, RESULTS, kind=kind, markdown=markdown, plot=plot)
         if "cliff" in parts:
             result["cliff"] = [cliff(args, p, work) for p in policies]
     if result.get("daynight") and result.get("union"):

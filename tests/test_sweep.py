@@ -229,6 +229,19 @@ def test_per_vector_grid_weights_each_vector(base_model, night_vector, tmp_path)
     assert result.best_point == {"fruit-night": best["fruit-night"], "half": best["half"]}
 
 
+def test_refused_candidates_are_rows_not_the_end_of_the_sweep(base_model, night_vector, tmp_path):
+    """A grid corner the merge refuses (BatchNorm variances pushed below zero) is recorded, and the sweep goes on."""
+    key = next(k for k in night_vector.deltas if k.endswith("running_var"))
+    deltas = {**night_vector.deltas, key: -2 * base_model.state[key]}  # at scale 1: variance = −base variance
+    tv = TaskVector(deltas, {}, dict(night_vector.meta))
+    probe = Probe(base_model.state, night_vector)
+    result = sweep(base_model, [tv], scales=[0, 0.25, 1.0], out=tmp_path, evaluator=probe, verbose=False)
+    refused = [r for r in result.rows if r.get("refused")]
+    assert [r["scale"] for r in refused] == [1.0] and "non-positive" in refused[0]["refused"] and probe.calls == 2
+    assert result.best_point["scale"] in (0.0, 0.25) and "refused by the merge (1 candidates, no score)" in result.table()
+    assert result.files["png"].read_bytes().startswith(PNG_MAGIC)
+
+
 # ----------------------------------------------------------------------------------------------- resume
 class Interrupt(Exception):
     pass

@@ -337,6 +337,9 @@ def selection_views(scoring: Scoring, folder: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- the scorer
+MERGE_REFUSALS = (RecipeError, TaskVecError)  # a candidate's recipe or merge that cannot be built: recorded, not fatal
+
+
 class Scorer:
     """Merges a candidate (a point over recipe fields) and scores it on the report (and selection) datasets."""
 
@@ -359,9 +362,17 @@ class Scorer:
         return build_merged(self.prepared, self.recipe_at(point), selection=selection)
 
     def score(self, point: Mapping[str, float]) -> dict[str, Any]:
-        """Merge, evaluate and return the table row of a point (with ``seconds``)."""
+        """Merge, evaluate and return the table row of a point (with ``seconds``).
+
+        A candidate the merge refuses (e.g. scales that make BatchNorm variances non-positive) is a row with the
+        refusal in ``refused`` and no score, so one bad corner of a grid does not end the run.
+        """
         t0 = time.perf_counter()
-        metrics = self.evaluate(self.model(point))
+        try:
+            model = self.model(point)
+        except MERGE_REFUSALS as e:
+            return {**point, "refused": str(e), self.choice_column: math.nan, "objective": math.nan, "seconds": round(time.perf_counter() - t0, 3)}
+        metrics = self.evaluate(model)
         self.evaluations += 1
         row = self.row(point, metrics)
         row["seconds"] = round(time.perf_counter() - t0, 3)
@@ -607,7 +618,10 @@ class RunResult:
         """Index of the chosen row: the highest selection objective (the first of equals); a soup's last kept step."""
         if self.kind == "soup":
             return max(i for i, r in enumerate(self.rows) if r.get("kept"))
-        return max(range(len(self.rows)), key=lambda i: self.rows[i][self.choice])
+        scored = [i for i, r in enumerate(self.rows) if not math.isnan(r[self.choice])]
+        if not scored:
+            raise TaskVecError(f"every candidate was refused by the merge (e.g. {self.rows[0].get('refused', '?')})")
+        return max(scored, key=lambda i: self.rows[i][self.choice])
 
     @property
     def best(self) -> dict[str, Any]:
@@ -631,6 +645,9 @@ class RunResult:
     def table(self) -> str:
         """The rows as text, the chosen row starred, references, where it was chosen, and the best point."""
         lines = [format_table(self.rows, self.columns(), mark=self.best_index, plain_columns=self.axes)]
+        refused = [r for r in self.rows if r.get("refused")]
+        if refused:
+            lines.append(f"refused by the merge ({len(refused)} candidates, no score): {refused[0]['refused']}")
         for ds, label in self.reference_for.items():
             lines.append(f"reference for {ds}: {label} ({self.references[label][ds][self.metric]:.4f} {self.metric})")
         best = self.best
@@ -715,13 +732,14 @@ class RunResult:
         from .plots import plot_search, plot_sweep
 
         c = self.context
+        scored = [r for r in self.rows if not r.get("refused")]  # refused candidates have no scores to draw
         context = {"base": c.get("base"), "inputs": c.get("inputs"), "method": c.get("method"), "imgsz": c.get("imgsz"),
                    "chosen on": self.selected_on if self.choice != "objective" else "the reported data", "reported on": c.get("split", "val")}
         if self.kind == "sweep":
-            return plot_sweep(self.rows, list(self.axes), self.datasets, self.metric, path, references=self.references, reference_for=self.reference_for,
+            return plot_sweep(scored, list(self.axes), self.datasets, self.metric, path, references=self.references, reference_for=self.reference_for,
                               objective_label=self.objective_label, choice=self.choice, context=context)
         title = "greedy soup" if self.kind == "soup" else f"{c.get('strategy', '')} search ({c.get('backend', 'local')}): {', '.join(self.axes)}"
-        return plot_search(self.rows, path, objective_label=self.objective_label, title=title, axes=[] if self.kind == "soup" else list(self.axes), choice=self.choice, context=context)
+        return plot_search(scored, path, objective_label=self.objective_label, title=title, axes=[] if self.kind == "soup" else list(self.axes), choice=self.choice, context=context)
 
 
 # ----------------------------------------------------------------------------------------------- run set-up
@@ -804,7 +822,8 @@ class Run:
 def _datasets_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Dataset names read from row columns (``<dataset>/<metric>``), for custom evaluators without data=."""
     seen: list[str] = []
-    for key in rows[0] if rows else ():
+    scored = [r for r in rows if not r.get("refused")]
+    for key in scored[0] if scored else ():
         ds, sep, metric = key.rpartition("/")
         if sep and metric != "norm" and not ds.endswith(SELECT_SUFFIX) and ds not in seen:
             seen.append(ds)

@@ -283,7 +283,7 @@ def _search_local(proposer: Proposer, run: Any, budget: int) -> None:
         bar.update(max(0, min(len(log.rows), budget) - bar.n))
         best = max(best, row[choice])
         bar.set_description(f"search (best {best:.4f})")
-        return row[choice]
+        return row[choice] if not math.isnan(row[choice]) else -math.inf  # a refused merge never attracts the search
 
     try:
         run_proposer(proposer, score, budget)
