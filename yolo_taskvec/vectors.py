@@ -16,6 +16,7 @@ from .checkpoint import (
     ModelLike,
     check_same_architecture,
     check_vector_base,
+    is_converted_model,
     load_model,
 )
 from .files import load_vector, save_vector
