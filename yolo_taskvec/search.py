@@ -18,8 +18,8 @@ Strategies (``strategy=``), each a proposer that hands out points one at a time 
   key improves, and stops when the steps fall under ``min_step`` (default range/32) or the budget is spent.
   Deterministic. With ``workers > 1`` (parallel trials on Ray) it becomes an asynchronous pattern search: all
   ``2·d`` neighbours of the centre are polled at once, the centre moves as soon as any of them improves on it
-  (the others still finish and may move it again), and the steps halve once every neighbour of the centre has
-  failed, so runners never wait for a whole batch.
+  (the others still finish and may move it again), the steps halve once every neighbour of the centre has
+  failed, and runners left free meanwhile poll the neighbours at the next halved steps: none waits for a batch.
 * ``random``: the start point, then uniform samples in the bounds (seeded; the same sequence for any number of
   workers).
 * ``tpe``: Optuna's Tree-structured Parzen Estimator (``pip install 'yolo-taskvec[optuna]'``), seeded with the
@@ -212,44 +212,69 @@ class AsyncCoordinate(Proposer):
 
     The start is scored first; then every neighbour ``x ± step_k`` of the centre ``x`` is proposed as soon as a
     runner is free. Whenever a told value beats the centre's, the centre moves there at once and its neighbours are
-    proposed next (trials still running around the old centre finish and may move it again). When every neighbour
-    of the centre has been told without an improvement, the steps halve; it ends when they fall under their floors.
+    proposed next (trials still running around the old centre finish and may move it again). The steps halve when
+    every neighbour of the centre at the current step has been told without an improvement; it ends when they fall
+    under their floors. While the last neighbours of a step are still running, free runners get the neighbours at
+    the next, halved steps (the points the search polls next if those fail), so no runner waits idle.
     """
 
     def __init__(self, dims: Mapping[str, Bounds], start: Point, *, step: float | None = None, min_step: float | None = None) -> None:
         self.dims = dict(dims)
-        self.steps, self.floors = _steps(dims, step, min_step)
+        self.initial, self.floors = _steps(dims, step, min_step)
+        self.level = 0  # the steps are initial / 2**level
+        self.ahead = 0  # halved levels already proposed ahead around the current centre
         self.x, self.fx = dict(start), -math.inf
         self.started = False
         self.queue: list[Point] = [dict(start)]
-        self.outstanding: set[str] = {point_key(start)}  # the current poll: proposed or queued, not yet told
         self.seen: set[str] = {point_key(start)}
+        self.running: set[str] = set()
+        self.outstanding: set[str] = {point_key(start)}  # the current step's neighbours not yet told
         self.done = False
 
-    def _active(self) -> list[str]:
-        return [k for k in self.dims if self.steps[k] >= self.floors[k] * (1 - 1e-9)]
+    def _active(self, level: int) -> list[str]:
+        return [k for k in self.dims if self.initial[k] / 2**level >= self.floors[k] * (1 - 1e-9)]
+
+    def _neighbours(self, level: int) -> list[Point]:
+        return [_moved(self.x, k, sign * self.initial[k] / 2**level, self.dims) for k in self._active(level) for sign in (1, -1)]
 
     def _poll(self) -> None:
-        """The centre's neighbours at the current steps that were never proposed."""
-        self.queue, self.outstanding = [], set()
-        for k in self._active():
-            for sign in (1, -1):
-                y = _moved(self.x, k, sign * self.steps[k], self.dims)
-                key = point_key(y)
-                if key not in self.seen:
-                    self.seen.add(key)
+        """The centre's neighbours at the current steps: new ones queued, running ones waited for."""
+        self.queue, self.outstanding, self.ahead = [], set(), 0
+        for y in self._neighbours(self.level):
+            key = point_key(y)
+            if key not in self.seen:
+                self.seen.add(key)
+                self.queue.append(y)
+                self.outstanding.add(key)
+            elif key in self.running:
+                self.outstanding.add(key)
+
+    def _look_ahead(self) -> bool:
+        """Queue the centre's neighbours at the next halved steps not proposed yet; False when there are none."""
+        while self._active(self.level + self.ahead + 1):
+            self.ahead += 1
+            for y in self._neighbours(self.level + self.ahead):
+                if point_key(y) not in self.seen:
+                    self.seen.add(point_key(y))
                     self.queue.append(y)
-                    self.outstanding.add(key)
+            if self.queue:
+                return True
+        return False
 
     def ask(self) -> Point | None:
         while not self.done:
             if self.queue:
-                return self.queue.pop(0)
-            if self.outstanding or not self.started:
-                return None  # wait: the poll is not finished
-            for k in self._active():  # every neighbour failed: shrink
-                self.steps[k] /= 2
-            if not self._active():
+                point = self.queue.pop(0)
+                self.running.add(point_key(point))
+                return point
+            if not self.started:
+                return None  # the start is scored first
+            if self.outstanding:
+                if self._look_ahead():
+                    continue
+                return None
+            self.level += 1  # every neighbour failed: halve the steps
+            if not self._active(self.level):
                 self.done = True
                 return None
             self._poll()
@@ -257,6 +282,7 @@ class AsyncCoordinate(Proposer):
 
     def tell(self, point: Point, value: float) -> None:
         key = point_key(point)
+        self.running.discard(key)
         self.outstanding.discard(key)
         if not self.started:
             self.started = True
@@ -309,6 +335,7 @@ class OptunaProposer(Proposer):
             sampler = optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
         self.study = optuna.create_study(storage=storage, sampler=sampler, study_name="search", direction="maximize", load_if_exists=True)
         self.trials: dict[str, list[Any]] = {}  # point key -> asked trials, told in order
+        self.complete: set[str] = set()  # points the study holds a finished trial of
         self._resume(start, rows, choice)
 
     def _resume(self, start: Point, rows: Sequence[dict[str, Any]], choice: str) -> None:
@@ -323,11 +350,13 @@ class OptunaProposer(Proposer):
                     self.study.tell(trial.number, logged[key])
                 else:
                     self.study.tell(trial.number, state=TrialState.FAIL)
-            if key is not None:
+            if key is not None and (trial.state == TrialState.COMPLETE or key in logged):
                 known.add(key)
         for r in rows:
             if point_key(r["point"]) not in known and set(r["point"]) == set(self.dims):
                 self.study.add_trial(create_trial(params=dict(r["point"]), distributions=self.distributions, value=r[choice]))
+                known.add(point_key(r["point"]))
+        self.complete = known
         if not self.study.get_trials(deepcopy=False):
             self.study.enqueue_trial(dict(start))
 
@@ -341,9 +370,19 @@ class OptunaProposer(Proposer):
         return point
 
     def tell(self, point: Point, value: float) -> None:
-        waiting = self.trials.get(point_key(point))
-        if waiting:
+        """Told to the trial that asked for it; a point the study already holds (a seeded sampler proposing its
+        earlier points again after a resume) closes its trial as failed, so every finished trial is a distinct point."""
+        from optuna.trial import TrialState
+
+        key = point_key(point)
+        waiting = self.trials.get(key)
+        if not waiting:
+            return
+        if key in self.complete:
+            self.study.tell(waiting.pop(0), state=TrialState.FAIL)
+        else:
             self.study.tell(waiting.pop(0), float(value))
+            self.complete.add(key)
 
 
 def _import_optuna(strategy: str) -> Any:
