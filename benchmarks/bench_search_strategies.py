@@ -63,7 +63,6 @@ def chosen_curve(rows: list[dict], budget: int) -> list[dict]:
 
 def run(args: dict[str, str]) -> dict:
     from yolo_taskvec import search
-    from yolo_taskvec.data import dataset_name
 
     data = [d for d in args["data"].split(",") if d]
     budget = int(args["budget"])
@@ -87,7 +86,7 @@ def run(args: dict[str, str]) -> dict:
             runs.append({"strategy": strategy, "seed": seed, "trials": len(rows), "evaluated_now": res.evaluated, "seconds": round(seconds, 1), "rows": rows, "curve": curve,
                          "chosen": final["point"], "select": final["select"], "val": final["val"], "best_val_any_trial": max(r["objective"] for r in rows)})
             print(f"{strategy:10s} seed {seed}: chosen {final['point']} -> selection {final['select']:.4f}, val {final['val']:.4f} ({len(rows)} trials, {seconds:.0f} s)")
-    names = [dataset_name(d) for d in data]
+    names = [Path(d).stem for d in data]  # a dataset's name is its yaml's stem
     settings = {k: args[k] for k in ("base", "tuned", "budget", "objective", "select", "imgsz", "batch", "bn", "device", "threads")}
     settings.update(data=names, seeds=seeds, space={"backbone": [0, 1], "neck": [0, 1], "head": [0, 1]})
     references = res.references if runs else {}
