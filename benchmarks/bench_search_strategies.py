@@ -119,7 +119,8 @@ def markdown(runs: dict) -> str:
         st = r["settings"]
         lines += [f"## {kind.upper()}", "", *environment_markdown(r["environment"], r.get("load_average_end"))]
         lines += [f"Settings: budget {st['budget']} trials, seeds {', '.join(map(str, st['seeds']))}, imgsz {st['imgsz']}, batch {st['batch']}, bn={st['bn']}, objective {st['objective']}, "
-                  f"selection {st['select']}, threads {st['threads'] or 'all'}.", ""]
+                  f"selection {st['select']}, threads {st['threads'] or 'all'}.", "",
+                  "Command: `python benchmarks/bench_search_strategies.py" + "".join(f" {k}={st[k]}" for k in ("budget", "imgsz", "threads", "device") if st[k] and str(st[k]) != DEFAULTS[k]) + "`", ""]
         refs = r.get("reference_for", {})
         if refs:
             lines += ["References (val): " + "; ".join(f"{ds}: {label} {r['references'][label][ds]['map50_95']:.4f}" for ds, label in refs.items()), ""]
@@ -139,9 +140,13 @@ def markdown(runs: dict) -> str:
             cells = [statistics.fmean(x["curve"][min(t, len(x["curve"])) - 1]["val"] for x in mine) for t in checkpoints]
             lines.append(f"| {LABELS.get(strategy, strategy)} | " + " | ".join(f"{v:.4f}" for v in cells) + " |")
         lines += ["", "Notes: the selection objective is what each strategy maximizes; the val objective of its choice is the",
-                  "figure to compare (a choice that only fits the 48 selection images per dataset does not carry over). The",
-                  "'best val of any trial' column is an oracle that no strategy can use (it would be chosen on the reported",
-                  "data) and is listed only to show how much of the gap is selection noise.", ""]
+                  "figure to compare (a choice that only fits the selection images does not carry over). The 'best val of any",
+                  "trial' column is an oracle that no strategy can use (it would be chosen on the reported data) and is listed",
+                  "only to show how much of the gap is selection noise. Optuna's TPE samples its first 10 trials at random",
+                  "(its default `n_startup_trials`) after the start point, and CMA-ES starts from the middle of the bounds",
+                  "with σ₀ = 1/6 of the range, so at small budgets both behave much like random search; coordinate search",
+                  "walks from the start along one part at a time. 's per run' is wall time on the shared machine (its load",
+                  "changed during the run), not a property of the strategy: every trial costs the same merge and scoring.", ""]
     return "\n".join(lines)
 
 

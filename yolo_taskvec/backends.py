@@ -22,8 +22,8 @@ a proposer's next point goes to the first idle runner, without waiting for the o
   given to another runner, up to ``max_retries`` times per trial; an error raised by the trial itself (bad data on
   a node, a model that cannot be scored) stops the run with its sentence. Finished rows are already in the results
   file, so a rerun with the same run folder resumes.
-* Connection: ``address=None`` starts a private Ray instance on this machine (stopped at the end); ``"auto"``
-  joins the cluster started on this machine with ``ray start``; ``"host:port"`` joins a cluster's head;
+* Connection: ``address=None`` starts a private Ray instance on this machine (stopped at the end), even where
+  another one runs; ``"auto"`` joins the cluster of ``RAY_ADDRESS`` or the one started here with ``ray start``; ``"host:port"`` joins a cluster's head;
   ``"ray://host:port"`` connects through Ray Client (``pip install 'yolo-taskvec[ray]'`` installs its extra
   dependencies). An unreachable address, a refused token (Ray's token authentication: set ``RAY_AUTH_TOKEN`` or
   ``RAY_AUTH_TOKEN_PATH``) or missing packages are one sentence, before any model is loaded.
@@ -294,8 +294,8 @@ class RayBackend:
                 if not options.address.startswith("ray://"):
                     _check_token(ray, options.address)
             kwargs: dict[str, Any] = {"address": options.address, "log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
-            if options.address is None:
-                kwargs["include_dashboard"] = False
+            if options.address is None:  # "local": a new instance, never a cluster Ray would find on its own (RAY_ADDRESS, ray start)
+                kwargs.update(address="local", include_dashboard=False)
             try:
                 with contextlib.redirect_stderr(open(os.devnull, "w")) if not verbose else contextlib.nullcontext():
                     ray.init(**kwargs)
