@@ -13,6 +13,9 @@ scored, in one results table that survives interruption.
   same identity (recipe, input hashes, datasets by resolved path and content, scoring) resumes from it.
 * Run folders follow Ultralytics: ``project``/``name`` (default ``runs_dir/taskvec/<kind>``, incremented unless
   ``exist_ok``), or ``out=`` for one exact folder. Nothing is created before the inputs are validated and loaded.
+* Execution: ``drive`` is the one loop of every run: a ``Proposer`` hands out points (``ask``) and is told their
+  objectives (``tell``); points in the results file are answered from it, new ones go to a backend (``LocalBackend``
+  here, one at a time; ``backends.RayBackend`` on a cluster) while it has a free runner.
 """
 
 from __future__ import annotations
@@ -879,9 +882,9 @@ def build_run_inputs(base: Any, inputs: Any, fields: Mapping[str, Any], data: An
 class TrialSpec:
     """What a runner needs to merge and score any point of a run (sent once through the object store)."""
 
-    prepared: Any  # build.Prepared: the base and the task vectors, loaded on the driver
+    prepared: Prepared  # the base and the task vectors, loaded on the driver
     axes: dict[str, str]
-    scoring: Any  # runs.Scoring
+    scoring: Scoring
     kind: str
     imgsz: int
     evaluator: Any = None  # a custom evaluator (picklable) instead of the built-in one
@@ -956,16 +959,15 @@ def drive(run: Run, backend: Any, proposer: Proposer, *, desc: str, budget: int 
     arrives (``numbered``: with a ``trial`` number), told to the proposer and passed to ``callback``. Returns the
     number of new rows.
     """
-    log, choice = run.log, run.scorer.choice_column
     from ultralytics.utils import TQDM
 
+    log, choice = run.log, run.scorer.choice_column
     bar = TQDM(total=total or budget, desc=desc, disable=not run.verbose)
-    best, new, running, answered = -math.inf, 0, 0, 0
+    best, new, running = -math.inf, 0, 0
     replays = 0  # points answered from the results file (a bound against a proposer that only repeats itself)
 
     def shown(row: Mapping[str, Any]) -> None:
-        nonlocal best, answered
-        answered += 1
+        nonlocal best
         best = max(best, row[choice])
         bar.update(1)
         bar.set_description(f"{desc} (best {best:.4f})")
