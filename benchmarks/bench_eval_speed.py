@@ -318,7 +318,11 @@ def _threads_lines(s: dict) -> list[str]:
     if not s.get("equal_threads_ratio"):
         return []
     t = s["threads"]
+    slower = s["reused_validation_s"] > s["equal_threads_validation_s"]
     return [
+        *([f"In this run the Evaluator on all {t['reused']} logical CPUs was {s['reused_validation_s'] / s['equal_threads_validation_s']:.1f}× SLOWER than on {t['equal']}: "
+           "with more runnable processes than cores, torch's worker threads wait for one another (oversubscription), so the equal-thread "
+           "figures are the ones to read here.", ""] if slower else []),
         f"**Reuse alone, equal threads ({t['equal']}): {s['equal_threads_ratio']:.2f}× faster** (fresh {s['fresh_validation_s']:.1f} s vs reused {s['equal_threads_validation_s']:.1f} s).",
         "",
         f"With the Evaluator's default threads ({t['reused']}) against `YOLO.val`'s ({t['fresh']}):",
@@ -326,15 +330,17 @@ def _threads_lines(s: dict) -> list[str]:
     ]
 
 
-def _sweep_lines(s: dict) -> list[str]:
+def _sweep_lines(s: dict, rows: list[dict]) -> list[str]:
     if "sweep_vs_forward" not in s:
         return []
+    bound = (s["fresh_validation_s"] + s["merge_s"]) / sum(r["forward_s"] for r in rows)
     cpu = f" (process CPU time: {s['sweep_vs_forward_cpu_time']:.3f}×)" if s.get("sweep_vs_forward_cpu_time") else ""
     return [
         f"**A sweep candidate costs {s['sweep_vs_forward']:.3f}× the bare forward pass**{cpu} over the same batches ({s['sweep_candidate_s']:.2f} s vs "
         f"{s['forward_candidate_s']:.2f} s per merged model, {s['sweep_threads'] or 'GPU'} thread(s)): merge, build, weight loading, preprocess, NMS and metrics "
         f"together add {100 * (s['sweep_vs_forward'] - 1):.0f} %. Against the fresh path with its merge (`tau.apply` + save + `YOLO.val` per dataset, "
-        f"{s['threads']['fresh'] or 'GPU'} thread(s)): **{s['fresh_vs_sweep']:.2f}× faster**.",
+        f"{s['threads']['fresh'] or 'GPU'} thread(s)): **{s['fresh_vs_sweep']:.2f}× faster**; no scoring can beat fresh by more than fresh ÷ bare forward = "
+        f"{bound:.2f}× here, since the forward pass is {100 / bound:.0f} % of a fresh candidate.",
         "",
     ]
 
@@ -368,7 +374,7 @@ def markdown(runs: dict) -> str:
             f"Evaluator set-up {s['evaluator_init_s']:.2f} s and one-time dataset decode {s['one_time_setup_s']:.2f} s included); whole sweep including the merges ({s['merge_s']:.1f} s): "
             f"**{s['sweep_ratio']:.2f}×**. Max |ΔmAP50-95| between the paths: {s['max_abs_map_difference']:.1e}.",
             "",
-            *_sweep_lines(s),
+            *_sweep_lines(s, r["rows"]),
             "| α | fresh (s) | reused (s) | ratio | reused, equal threads (s) | ratio | " + " | ".join(f"{n} fresh | {n} reused" for n in names) + " |",
             "|---|---|---|---|---|---|" + "---|---|" * len(names),
         ]

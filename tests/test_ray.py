@@ -35,6 +35,7 @@ except ImportError:  # the [ray] extra (part of [dev]); CI installs it
     ray = None
 
 IMGSZ = 160
+SELECT = "train:0.05"  # a seeded 5 % of fruit80-night's train images (12): the sweeps choose on it
 MEASURE = "TrialRunner.measure"  # a runner's process title while it scores a trial
 
 
@@ -179,14 +180,14 @@ def local_rows(base_pt, night_pt, night, tmp_path_factory):
     """The reference: a local sweep at the points the Ray runs score (one thread, as each 1-CPU Ray trial)."""
     from yolo_taskvec import sweep
 
-    res = sweep(str(base_pt), [str(night_pt)], night, scales=[0.25, 0.5, 0.75], imgsz=IMGSZ, batch=32, reference="base", threads=1,
+    res = sweep(str(base_pt), [str(night_pt)], night, scales=[0.25, 0.5, 0.75], imgsz=IMGSZ, batch=32, reference="base", select=SELECT, threads=1,
                 out=tmp_path_factory.mktemp("local"), verbose=False, plot=False)
     assert res.context["backend"] == "local"
     return {**{r["scale"]: r for r in res.rows}, "references": res.references}
 
 
 def same_scores(row: dict, local: dict) -> None:
-    metrics = [k for k in local if k.startswith("fruit80-night/") and k != "fruit80-night/norm"]
+    metrics = [k for k in local if k.startswith("fruit80-night/") and k != "fruit80-night/norm"]  # the val scores
     assert metrics and all(row[k] == pytest.approx(local[k], abs=1e-9) for k in metrics), {k: (row[k], local[k]) for k in metrics}
 
 
@@ -235,14 +236,15 @@ def test_wrong_token_is_refused_in_one_sentence(cluster, base_pt, night_pt, nigh
 def test_sweep_on_ray_equals_the_local_backend(cluster, base_pt, night_pt, night, local_rows, tmp_path):
     from yolo_taskvec import sweep
 
-    res = sweep(str(base_pt), [str(night_pt)], night, scales=[0.25, 0.75], imgsz=IMGSZ, batch=32, reference="base", backend="ray", address=cluster["address"],
+    res = sweep(str(base_pt), [str(night_pt)], night, scales=[0.25, 0.75], imgsz=IMGSZ, batch=32, reference="base", select=SELECT, backend="ray", address=cluster["address"],
                 workers=2, cpus_per_trial=1, out=tmp_path, verbose=False, plot=False)
     assert not ray.is_initialized()  # the backend disconnects what it connected
     assert res.evaluated == 2 and [r["scale"] for r in res.rows] == [0.25, 0.75]
     assert res.context["backend"] == "ray" and {r["threads"] for r in res.context["runners"]} == {1} and {r["device"] for r in res.context["runners"]} == {"cpu"}
-    for row in res.rows:
+    for row in res.rows:  # the selection split rebuilt by each runner from the same files: the same images
         same_scores(row, local_rows[row["scale"]])
-        assert row["objective"] == pytest.approx(local_rows[row["scale"]]["objective"], abs=1e-9)  # normalized by the base scored on Ray
+        for key in ("objective", "select_objective", "fruit80-night.select/map50_95"):  # normalized by the base scored on Ray
+            assert row[key] == pytest.approx(local_rows[row["scale"]][key], abs=1e-9), key
     assert res.references == local_rows["references"]
 
 

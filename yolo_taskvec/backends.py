@@ -50,7 +50,7 @@ from typing import Any
 
 from .errors import TaskVecError
 from .recipe import RecipeError, parse_int, parse_number
-from .runs import LocalBackend, TrialSpec
+from .runs import LocalBackend, Scorer, TrialSpec, reference_model, selection_views, view_digests
 
 BACKENDS = ("local", "ray")
 DEFAULT_RETRIES = 3
@@ -127,52 +127,48 @@ class TrialRunner:
 
     def __init__(self, spec: TrialSpec) -> None:
         self.spec = spec
-        self.scorer: Any = None
-        self._views: Any = None
+        self.scorer: Scorer | None = None
+        self.views: Any = None  # the selection views' temporary folder, removed with the runner
 
     def ready(self) -> dict[str, Any]:
         """Where this runner lives: host, process, devices (answered once the actor is placed and constructed)."""
         return {"host": socket.gethostname(), "pid": os.getpid(), "device": _runner_device(), "threads": _runner_threads()}
 
-    def _scorer(self) -> Any:
+    def _scorer(self) -> Scorer:
         if self.scorer is None:
-            self.scorer = build_runner_scorer(self.spec, _runner_device(), _runner_threads(), self)
+            self.scorer, self.views = runner_scorer(self.spec, _runner_device(), _runner_threads())
         return self.scorer
 
     def measure(self, point: dict[str, float]) -> tuple[Any, float]:
         return self._scorer().measure(point)
 
     def references(self, todo: Mapping[str, Any]) -> dict[str, Any]:
-        from .runs import reference_model
-
         scorer = self._scorer()
         return {label: scorer.evaluate(reference_model(src, scorer.prepared.base)) for label, src in todo.items()}
 
 
-def build_runner_scorer(spec: TrialSpec, device: str | None, threads: int | None, holder: Any = None) -> Any:
-    """A ``runs.Scorer`` for ``spec`` on ``device`` with ``threads`` CPU threads (what a runner scores with)."""
-    from .runs import Scorer, selection_views, view_digests
+def runner_scorer(spec: TrialSpec, device: str | None, threads: int | None) -> tuple[Scorer, Any]:
+    """``(scorer, views folder)`` for ``spec`` on ``device`` with ``threads`` CPU threads: what a runner scores with.
 
+    Selection views are rebuilt here from the dataset files and must list the same images as the driver's.
+    """
     prepared = spec.prepared
     if device is not None and device != "cpu":
         prepared = replace(prepared, recipe=prepared.recipe.replace(device=device))
-    evaluator = spec.evaluator
+    evaluator, folder = spec.evaluator, None
     if evaluator is None:
         from .evaluation import Evaluator
 
         yamls = list(spec.scoring.data)
         if spec.scoring.selects:
             folder = tempfile.TemporaryDirectory(prefix="yolo-taskvec-select-")
-            if holder is not None:
-                holder._views = folder  # removed with the runner
             views = selection_views(spec.scoring, folder.name)
-            digests = view_digests(views)
-            if spec.views is not None and digests != spec.views:
+            if spec.views is not None and view_digests(views) != spec.views:
                 raise BackendError(f"the selection images on {socket.gethostname()} differ from the driver's (its dataset files are not the same); give every node the same datasets.")
             yamls += views
         kwargs = {**spec.scoring.evaluator_kwargs(spec.imgsz), "device": device, "threads": threads if device in (None, "cpu") else None}
         evaluator = Evaluator(yamls, split=spec.scoring.split, **kwargs)
-    return Scorer(prepared, spec.axes, evaluator, spec.scoring, spec.kind)
+    return Scorer(prepared, spec.axes, evaluator, spec.scoring, spec.kind), folder
 
 
 def _runner_device() -> str:
