@@ -275,6 +275,7 @@ class RayBackend:
         self.spec_ref: Any = None
         self.actor_class: Any = None
         self.lost = 0  # runners lost (and replaced) so far
+        self.failed_starts = 0  # runners that died before they were ready
 
     # ------------------------------------------------------------------ connection
     @classmethod
@@ -376,6 +377,10 @@ class RayBackend:
                 except Exception as e:
                     if not self._is_lost(e):
                         self._raise_task_error(e, "starting a trial runner")
+                    self.failed_starts += 1
+                    if self.failed_starts > max(2 * len(self.slots), self.options.max_retries):
+                        lines = [line for line in str(e).strip().splitlines() if line.strip()]
+                        raise BackendError(f"trial runners keep dying as they start on the Ray cluster ({lines[-1][:200] if lines else type(e).__name__}); does every node have yolo-taskvec and Ultralytics installed?") from None
                     self._replace(slot)
 
     def _dispatch(self) -> None:
