@@ -8,10 +8,16 @@ fruit80-night val (60 images each) at imgsz 320. Both paths validate the same me
 * reused: one ``Evaluator`` (validators and decoded batches built once), called with the in-memory merged model;
   on CPU it runs inference on all logical CPUs (its default), while ``YOLO.val`` runs on Ultralytics' cores − 1;
 * reused, equal threads (CPU only): a second ``Evaluator`` limited to Ultralytics' thread count, so the ratio to
-  fresh shows what reuse alone gains.
+  fresh shows what reuse alone gains;
+* sweep: what one sweep/search candidate costs in the engine (``runs.Scorer.measure``): ``build.build_merged`` from
+  the inputs prepared once (merge, module, provenance) and the Evaluator, on the equal-threads Evaluator (CPU) or
+  the reused one (GPU), everything on its thread count;
+* forward: the bare forward pass of that candidate's fused model over the same batches, already preprocessed (no
+  merge, no NMS, no metrics): the floor of any scoring. ``sweep ÷ forward`` is what the engine adds per candidate.
 
-The merge itself (``tau.apply``) is common to both and timed separately. The α order alternates which path runs
-first, to spread drift on a shared machine. Metrics must be identical (the max abs difference is printed). A
+The merge itself (``tau.apply``) is common to fresh and reused and timed separately (the sweep path merges
+itself). The α order rotates which path runs first, to spread drift on a shared machine; on CPU each path's
+process CPU time is recorded too (on a loaded machine wall time includes waiting for a core). Metrics must be identical (the max abs difference is printed). A
 profile pass (α = 0.5, both datasets) then times each stage of both paths with the same instrumentation.
 
     python benchmarks/bench_eval_speed.py                  # CPU
@@ -94,6 +100,10 @@ class StageTimer:
 
         self.wrap(Model, "__init__", "load checkpoint")
         self.wrap(BaseValidator, "get_model", "deepcopy model")
+        import yolo_taskvec.build as build
+
+        self.wrap(build, "merge_states", "merge (merge_states)")
+        self.wrap(build, "build_module", "build module")
         self.wrap(ev, "private_module", "deepcopy model")
         self.wrap(ev, "model_state", "read weights (fp16-rounded)")
         self.wrap(ev.FusedTemplate, "load", "fuse weights in place")
@@ -137,6 +147,40 @@ def reused_val(evaluator, model) -> dict[str, float]:
     return {k: v["map50_95"] for k, v in evaluator(model).items()}
 
 
+def sweep_point(evaluator, prepared, recipe, alpha: float, build_merged) -> dict[str, float]:
+    """One sweep candidate as the engine scores it (``runs.Scorer.measure``): built from the prepared inputs, scored,
+    all on the evaluator's threads."""
+    from yolo_taskvec.evaluation import torch_threads
+
+    with torch_threads(evaluator.threads):
+        model = build_merged(prepared, recipe.replace(scale=alpha))
+        return reused_val(evaluator, model)
+
+
+def preprocessed_batches(evaluator, prepared_model) -> list:
+    """Every pass's batches as the validator's ``preprocess`` makes them (done once, outside any timing)."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for dataset in evaluator.datasets:
+            p = evaluator._pass(prepared_model, dataset)
+            out += [p.validator.preprocess(dict(b))["img"] for b in p.batches]
+    return out
+
+
+def bare_forward(evaluator, prepared_model, batches) -> None:
+    """The fused model's forward over the preprocessed batches: nothing else."""
+    import torch
+
+    from yolo_taskvec.evaluation import torch_threads
+
+    model = prepared_model.backend
+    with torch.inference_mode(), torch_threads(evaluator.threads):
+        for img in batches:
+            model(img)
+
+
 def sync(device) -> None:
     import torch
 
@@ -149,7 +193,8 @@ def run(args: dict[str, str]) -> dict:
     import torchvision  # noqa: F401 - one-time import cost (seconds) kept out of both paths' timings
     from ultralytics.utils.torch_utils import select_device
 
-    from yolo_taskvec import TaskVector
+    from yolo_taskvec import Recipe, TaskVector
+    from yolo_taskvec.build import build_merged, prepare
     from yolo_taskvec.checkpoint import load_model
     from yolo_taskvec.data import dataset_name
     from yolo_taskvec.evaluation import Evaluator, quiet_ultralytics
@@ -178,31 +223,49 @@ def run(args: dict[str, str]) -> dict:
         t = time.perf_counter()
         equal = Evaluator(data, imgsz=cfg["imgsz"], batch=cfg["batch"], device=args["device"], progress=False, threads=NUM_THREADS) if device.type == "cpu" else None
         equal_init = time.perf_counter() - t
-        paths = ("fresh", "reused", "equal") if equal is not None else ("fresh", "reused")
+        recipe = Recipe.build(base=args["base"], inputs=[args["tuned"]], device=None if device.type == "cpu" else str(device))
+        prepared = prepare(recipe)  # a sweep loads its inputs once
+        scorer_ev = equal if equal is not None else evaluator
+        sweep_point(scorer_ev, prepared, recipe, 0.0, build_merged)  # its fused model built (as after a sweep's first point)
+        batches = preprocessed_batches(scorer_ev, scorer_ev.prepare(tau.apply(base, scale=0.0)))
+        paths = ("fresh", "reused", "equal", "sweep", "forward") if equal is not None else ("fresh", "reused", "sweep", "forward")
         for i, alpha in enumerate(scales):
             t = time.perf_counter()
             merged = tau.apply(base, scale=alpha)
             merge_s = time.perf_counter() - t
-            timings, maps = {}, {}
+            timings, cpu, maps = {}, {}, {}
             for path in paths[i % len(paths) :] + paths[: i % len(paths)]:  # rotate which path runs first
                 sync(device)
-                t = time.perf_counter()
-                maps[path] = fresh_val(merged, data, tmp, cfg) if path == "fresh" else reused_val(evaluator if path == "reused" else equal, merged)
+                t, c = time.perf_counter(), time.process_time()
+                if path == "fresh":
+                    maps[path] = fresh_val(merged, data, tmp, cfg)
+                elif path == "sweep":
+                    maps[path] = sweep_point(scorer_ev, prepared, recipe, alpha, build_merged)
+                elif path == "forward":
+                    prepared_model = scorer_ev.prepare(merged)
+                    prepared_model.backend  # its weights loaded: not part of the forward
+                    sync(device)
+                    t, c = time.perf_counter(), time.process_time()
+                    bare_forward(scorer_ev, prepared_model, batches)
+                else:
+                    maps[path] = reused_val(evaluator if path == "reused" else equal, merged)
                 sync(device)
-                timings[path] = time.perf_counter() - t
-            row = {"alpha": alpha, "merge_s": merge_s, **{f"{p}_s": timings[p] for p in paths}, **{f"{p}_map": maps[p] for p in paths}}
+                timings[path], cpu[path] = time.perf_counter() - t, time.process_time() - c
+            row = {"alpha": alpha, "merge_s": merge_s, **{f"{p}_s": timings[p] for p in paths}, **{f"{p}_cpu_s": cpu[p] for p in paths}, **{f"{p}_map": maps[p] for p in maps}}
             rows.append(row)
-            print(f"α={alpha:.1f}  merge {merge_s:5.2f}s  " + "  ".join(f"{p} {timings[p]:6.2f}s" for p in paths) + "  " + "  ".join(f"{n} " + "/".join(f"{maps[p][n]:.4f}" for p in paths) for n in names))
+            print(f"α={alpha:.1f}  merge {merge_s:5.2f}s  " + "  ".join(f"{p} {timings[p]:6.2f}s" for p in paths) + "  " + "  ".join(f"{n} " + "/".join(f"{maps[p][n]:.4f}" for p in maps) for n in names))
 
         profile = {}
         merged = tau.apply(base, scale=0.5)
-        for path in ("fresh", "reused"):  # stage profile of one α (2 datasets); the reused path in its steady state
+        for path in ("fresh", "reused", "sweep"):  # stage profile of one α (2 datasets); reused and sweep in their steady state
             stage = StageTimer(device)
             with stage.installed():
                 sync(device)
                 t = time.perf_counter()
                 if path == "fresh":
                     fresh_val(merged, data, tmp, cfg, stage.seconds)
+                elif path == "sweep":
+                    sweep_point(scorer_ev, prepared, recipe, 0.5, build_merged)
                 else:
                     reused_val(evaluator, merged)
                 sync(device)
@@ -212,7 +275,9 @@ def run(args: dict[str, str]) -> dict:
     fresh_total = sum(r["fresh_s"] for r in rows)
     reused_total = evaluator_init + sum(r["reused_s"] for r in rows)
     merge_total = sum(r["merge_s"] for r in rows)
-    diff = max(abs(r["fresh_map"][n] - r[f"{p}_map"][n]) for r in rows for n in names for p in paths if p != "fresh")
+    diff = max(abs(r["fresh_map"][n] - r[f"{p}_map"][n]) for r in rows for n in names for p in paths if p not in ("fresh", "forward"))
+    sweep_total, forward_total = sum(r["sweep_s"] for r in rows), sum(r["forward_s"] for r in rows)
+    sweep_cpu, forward_cpu = sum(r["sweep_cpu_s"] for r in rows), sum(r["forward_cpu_s"] for r in rows)
     equal_total = equal_init + sum(r["equal_s"] for r in rows) if equal is not None else None
     summary = {
         "validation_ratio": fresh_total / reused_total,
@@ -226,6 +291,12 @@ def run(args: dict[str, str]) -> dict:
         "one_time_setup_s": evaluator.timings["data"],
         "merge_s": merge_total,
         "max_abs_map_difference": diff,
+        "sweep_candidate_s": sweep_total / len(rows),
+        "forward_candidate_s": forward_total / len(rows),
+        "sweep_vs_forward": sweep_total / forward_total,
+        "sweep_vs_forward_cpu_time": sweep_cpu / forward_cpu if device.type == "cpu" else None,
+        "fresh_vs_sweep": (fresh_total + merge_total) / sweep_total,  # whole candidate: merge + validation on both paths
+        "sweep_threads": scorer_ev.threads,
         "load_average_end": load_average(),
     }
     if equal_total:
@@ -234,6 +305,9 @@ def run(args: dict[str, str]) -> dict:
         f"\nvalidation: fresh {fresh_total:.2f}s vs reused {reused_total:.2f}s -> {summary['validation_ratio']:.2f}x; "
         f"whole sweep incl. merges ({merge_total:.2f}s): {summary['sweep_ratio']:.2f}x; max |ΔmAP50-95| = {diff:.2e}"
     )
+    print(f"sweep candidate {summary['sweep_candidate_s']:.2f}s vs bare forward {summary['forward_candidate_s']:.2f}s -> {summary['sweep_vs_forward']:.3f}x"
+          + (f" (CPU time {summary['sweep_vs_forward_cpu_time']:.3f}x)" if summary["sweep_vs_forward_cpu_time"] else "")
+          + f"; fresh (merge + save + YOLO.val) vs sweep candidate: {summary['fresh_vs_sweep']:.2f}x")
     for path, stages in profile.items():
         print(f"profile {path}: " + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
     settings = {**cfg, "data": names, "base": args["base"], "tuned": args["tuned"], "scales": scales}
@@ -245,10 +319,29 @@ def _threads_lines(s: dict) -> list[str]:
     if not s.get("equal_threads_ratio"):
         return []
     t = s["threads"]
+    slower = s["reused_validation_s"] > s["equal_threads_validation_s"]
     return [
+        *([f"In this run the Evaluator on all {t['reused']} logical CPUs was {s['reused_validation_s'] / s['equal_threads_validation_s']:.1f}× SLOWER than on {t['equal']}: "
+           "with more runnable processes than cores, torch's worker threads wait for one another (oversubscription), so the equal-thread "
+           "figures are the ones to read here.", ""] if slower else []),
         f"**Reuse alone, equal threads ({t['equal']}): {s['equal_threads_ratio']:.2f}× faster** (fresh {s['fresh_validation_s']:.1f} s vs reused {s['equal_threads_validation_s']:.1f} s).",
         "",
         f"With the Evaluator's default threads ({t['reused']}) against `YOLO.val`'s ({t['fresh']}):",
+        "",
+    ]
+
+
+def _sweep_lines(s: dict, rows: list[dict]) -> list[str]:
+    if "sweep_vs_forward" not in s:
+        return []
+    bound = (s["fresh_validation_s"] + s["merge_s"]) / sum(r["forward_s"] for r in rows)
+    cpu = f" (process CPU time: {s['sweep_vs_forward_cpu_time']:.3f}×)" if s.get("sweep_vs_forward_cpu_time") else ""
+    return [
+        f"**A sweep candidate costs {s['sweep_vs_forward']:.3f}× the bare forward pass**{cpu} over the same batches ({s['sweep_candidate_s']:.2f} s vs "
+        f"{s['forward_candidate_s']:.2f} s per merged model, {s['sweep_threads'] or 'GPU'} thread(s)): merge, build, weight loading, preprocess, NMS and metrics "
+        f"together add {100 * (s['sweep_vs_forward'] - 1):.0f} %. Against the fresh path with its merge (`tau.apply` + save + `YOLO.val` per dataset, "
+        f"{s['threads']['fresh'] or 'GPU'} thread(s)): **{s['fresh_vs_sweep']:.2f}× faster**; no scoring can beat fresh by more than fresh ÷ bare forward = "
+        f"{bound:.2f}× here, since the forward pass is {100 / bound:.0f} % of a fresh candidate.",
         "",
     ]
 
@@ -282,6 +375,7 @@ def markdown(runs: dict) -> str:
             f"Evaluator set-up {s['evaluator_init_s']:.2f} s and one-time dataset decode {s['one_time_setup_s']:.2f} s included); whole sweep including the merges ({s['merge_s']:.1f} s): "
             f"**{s['sweep_ratio']:.2f}×**. Max |ΔmAP50-95| between the paths: {s['max_abs_map_difference']:.1e}.",
             "",
+            *_sweep_lines(s, r["rows"]),
             "| α | fresh (s) | reused (s) | ratio | reused, equal threads (s) | ratio | " + " | ".join(f"{n} fresh | {n} reused" for n in names) + " |",
             "|---|---|---|---|---|---|" + "---|---|" * len(names),
         ]
@@ -289,10 +383,18 @@ def markdown(runs: dict) -> str:
             cells = " | ".join(f"{row['fresh_map'][n]:.4f} | {row['reused_map'][n]:.4f}" for n in names)
             eq = f"{row['equal_s']:.2f} | {row['fresh_s'] / row['equal_s']:.2f}" if "equal_s" in row else "– | –"
             lines.append(f"| {row['alpha']:.1f} | {row['fresh_s']:.2f} | {row['reused_s']:.2f} | {row['fresh_s'] / row['reused_s']:.2f} | {eq} | {cells} |")
-        stages = [k for k in dict.fromkeys([*r["profile"]["fresh"], *r["profile"]["reused"]]) if k not in ("other", "total")] + ["other", "total"]
-        lines += ["", "Where the time goes for one more merged model (α = 0.5, both datasets; the reused Evaluator already set up):", "", "| stage | fresh (s) | reused (s) |", "|---|---|---|"]
+        cols = [c for c in ("fresh", "reused", "sweep") if c in r["profile"]]
+        stages = [k for k in dict.fromkeys(k for c in cols for k in r["profile"][c]) if k not in ("other", "total")] + ["other", "total"]
+        lines += ["", "Where the time goes for one more merged model (α = 0.5, both datasets; the reused Evaluator already set up; *sweep*: the merge and",
+                  "build included):", "", "| stage | " + " | ".join(f"{c} (s)" for c in cols) + " |", "|---|" + "---|" * len(cols)]
         for k in stages:
-            lines.append(f"| {k} | {r['profile']['fresh'].get(k, 0):.3f} | {r['profile']['reused'].get(k, 0):.3f} |")
+            lines.append(f"| {k} | " + " | ".join(f"{r['profile'][c].get(k, 0):.3f}" for c in cols) + " |")
+        if "sweep_s" in r["rows"][0]:
+            lines += ["", "Per α, the sweep candidate and the bare forward over the same batches (wall / process CPU seconds):", "",
+                      "| α | sweep candidate (s) | bare forward (s) | ratio | CPU time ratio |", "|---|---|---|---|---|"]
+            for row in r["rows"]:
+                cpu = f"{row['sweep_cpu_s'] / row['forward_cpu_s']:.3f}" if row.get("forward_cpu_s") else "–"
+                lines.append(f"| {row['alpha']:.1f} | {row['sweep_s']:.2f} | {row['forward_s']:.2f} | {row['sweep_s'] / row['forward_s']:.3f} | {cpu} |")
         lines.append("")
     if "cuda" not in runs:
         lines += ["No GPU figures yet: run `python benchmarks/bench_eval_speed.py device=0` on a machine with a GPU (the JSON keeps both).", ""]

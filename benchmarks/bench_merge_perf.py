@@ -106,7 +106,7 @@ def make_inputs(size: str, count: int, device: str, seed: int = 0):
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolo_taskvec.taskvector import TaskVector, is_bn_stat, is_mergeable
+    from yolo_taskvec.taskvector import TaskVector, is_mergeable
 
     torch.manual_seed(seed)
     model = DetectionModel(f"yolo26{size}.yaml", nc=80, verbose=False)

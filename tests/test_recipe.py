@@ -240,7 +240,7 @@ LAYERS = {
     "top": 4,
 }
 CORE = {"plain", "version", "limits", "schema", "packing", "atomic", "parts", "bn", "taskvector", "merging", "files", "compress", "analysis", "recipe", "plots"}
-ENGINE = {"runs", "sweep", "search", "soup", "demo", "studio"}
+ENGINE = {"runs", "backends", "sweep", "search", "soup", "demo", "studio"}
 TOP = {"api", "cli", "callbacks", ""}
 
 

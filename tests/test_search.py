@@ -1,7 +1,8 @@
-"""Scale search (coordinate and random) and greedy soups.
+"""Scale search (coordinate, asynchronous coordinate, random, TPE, CMA-ES) and greedy soups.
 
-Pure tests find the optimum of known functions within a budget; on the real checkpoints the search improves over
-its start, and the greedy soup is built from real models.
+Pure tests find the optimum of known functions within a budget and, with simulated parallel workers, show that the
+asynchronous proposers keep them busier than batches do; on the real checkpoints the search improves over its
+start, Optuna studies resume from the run folder, and the greedy soup is built from real models.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from test_sweep import PNG_MAGIC, Counting, Probe
 
 from yolo_taskvec.cli import main
 from yolo_taskvec.errors import TaskVecError
-from yolo_taskvec.search import coordinate_search, maximize, parse_bounds, search, search_space, start_point
+from yolo_taskvec.search import AsyncCoordinate, BatchProposer, coordinate_search, maximize, parse_bounds, search, search_space, start_point
 from yolo_taskvec.soup import greedy_soup
 
 
@@ -64,6 +65,72 @@ def test_random_search_is_seeded_and_improves_on_its_start():
     assert history[0][0] == {"a": 0.5, "b": 0.5} and value > history[0][1]
 
 
+@pytest.mark.parametrize("strategy", ["tpe", "cmaes"])
+def test_optuna_strategies_are_seeded_and_improve_on_their_start(strategy):
+    f = quadratic({"a": 0.8, "b": 0.2, "c": 0.65})
+    dims = {"a": (0, 1), "b": (0, 1), "c": (0, 1)}
+    runs = [maximize(f, dims, budget=30, strategy=strategy, seed=1) for _ in range(2)]
+    assert runs[0][2] == runs[1][2]  # the same seed, the same trials
+    best, value, history = runs[0]
+    assert history[0][0] == {"a": 0.5, "b": 0.5, "c": 0.5}  # the start is scored first
+    assert value > history[0][1] + 0.1 and len(history) == 30
+    assert maximize(f, dims, budget=30, strategy=strategy, seed=2)[2] != runs[0][2]
+
+
+def simulate(proposer, f, workers: int, budget: int, seed: int = 0):
+    """Run a proposer with ``workers`` simulated parallel runners; each trial takes a random 1..2 time units, and a
+    point proposed again is answered at once from the finished ones (as ``runs.drive`` answers from the results file).
+
+    Returns ``(history, utilization)``: utilization = busy runner-time / (workers x elapsed time).
+    """
+    import heapq
+    import random as rnd
+
+    rng = rnd.Random(seed)
+    clock, busy, running, history, asked, seen = 0.0, 0.0, [], [], 0, {}
+    while True:
+        while len(running) < workers and asked < budget:
+            point = proposer.ask()
+            if point is None:
+                break
+            key = json.dumps(sorted(point.items()))
+            if key in seen:  # answered from the results file, as runs.drive does: no trial
+                proposer.tell(point, seen[key])
+                continue
+            seen[key] = None
+            duration = rng.uniform(1.0, 2.0)
+            heapq.heappush(running, (clock + duration, asked, point))
+            busy += duration
+            asked += 1
+        if not running:
+            break
+        clock, _, point = heapq.heappop(running)
+        value = seen[json.dumps(sorted(point.items()))] = f(point)
+        history.append((point, value))
+        proposer.tell(point, value)
+    return history, busy / (workers * clock)
+
+
+def test_asynchronous_coordinate_search_keeps_workers_busier_than_batches():
+    """Same problem, 4 simulated runners: the batch proposer waits for each poll's slowest trial, the asynchronous
+    one moves as soon as a neighbour improves and refills the free runners at once; both find the optimum."""
+    f = quadratic({"a": 0.7, "b": 0.15})
+    dims, start = {"a": (0.0, 1.0), "b": (0.0, 1.0)}, {"a": 0.5, "b": 0.5}
+    batch_history, batch_use = simulate(BatchProposer(coordinate_search(dims, start, parallel=True)), f, workers=4, budget=60)
+    async_history, async_use = simulate(AsyncCoordinate(dims, start), f, workers=4, budget=60)
+    for history in (batch_history, async_history):
+        best = max(history, key=lambda pv: pv[1])[0]
+        assert abs(best["a"] - 0.7) <= 1 / 32 and abs(best["b"] - 0.15) <= 1 / 32, best
+        assert len({json.dumps(sorted(p.items())) for p, _ in history}) == len(history)  # never the same point twice
+    assert async_use > batch_use + 0.1, (async_use, batch_use)
+
+
+def test_asynchronous_coordinate_search_converges_in_the_order_points_are_asked():
+    best, value, history = maximize(quadratic({"x": 0.3, "y": 0.9, "z": 0.55}), {"x": (0, 1), "y": (0, 1), "z": (0, 1)}, budget=60, workers=3)
+    assert all(abs(best[k] - t) <= 1 / 32 for k, t in {"x": 0.3, "y": 0.9, "z": 0.55}.items()), best
+    assert history[0][0] == {"x": 0.5, "y": 0.5, "z": 0.5}
+
+
 def test_space_bounds_and_start_parsing():
     names = ["night", "rain"]
     assert search_space("vectors", (0, 1), names) == {"night": (0.0, 1.0), "rain": (0.0, 1.0)}
@@ -87,7 +154,7 @@ def test_space_bounds_and_start_parsing():
 def test_cli_search_bad_strategy_is_one_line(base_pt, tmp_path, capsys):
     code = main(["search", f"base={base_pt}", "vectors=night.safetensors", "data=fruit80.yaml", "strategy=anneal", f"out={tmp_path}"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "unknown search strategy 'anneal'; choose coordinate, random" in err
+    assert code == 2 and err.count("\n") == 1 and "unknown search strategy 'anneal'; choose coordinate, random, tpe, cmaes" in err
 
 
 # ----------------------------------------------------------------------------------------------- real merges
@@ -103,6 +170,33 @@ def test_search_resumes_and_extends_its_budget(base_model, night_vector, tmp_pat
     assert more.best["objective"] >= first.best["objective"]
     with pytest.raises(TaskVecError, match="holds a different search"):
         search(base_model, [night_vector], budget=7, strategy="random", **kw)
+
+
+@pytest.mark.parametrize("strategy", ["tpe", "cmaes"])
+def test_optuna_search_resumes_its_study_from_the_run_folder(base_model, night_vector, tmp_path, strategy):
+    """A rerun continues the study stored in the run folder; without it, the results file alone seeds a new one."""
+    probe = Probe(base_model.state, night_vector)
+    kw = dict(space="parts", strategy=strategy, out=tmp_path, evaluator=probe, verbose=False, plot=False)
+    first = search(base_model, [night_vector], budget=4, **kw)
+    journal = tmp_path / "search.optuna.log"
+    assert probe.calls == 4 and journal.is_file()
+    assert first.rows[0]["backbone"] == first.rows[0]["neck"] == first.rows[0]["head"] == 0.5  # the start first
+    probe.calls = 0
+    more = search(base_model, [night_vector], budget=6, **kw)
+    assert probe.calls == 2 and more.evaluated == 2 and more.rows[:4] == first.rows
+    import optuna
+
+    study = optuna.load_study(study_name="search", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 6
+    journal.unlink()  # lost: the results file's 6 rows seed a new study, nothing is scored twice
+    probe.calls = 0
+    again = search(base_model, [night_vector], budget=7, **kw)
+    assert probe.calls == 1 and again.rows[:6] == more.rows
+
+
+def test_local_backend_runs_one_trial_at_a_time(base_model, night_vector):
+    with pytest.raises(TaskVecError, match="workers=3 needs backend=ray"):
+        search(base_model, [night_vector], workers=3, evaluator=lambda m: {}, verbose=False)
 
 
 @pytest.fixture(scope="module")

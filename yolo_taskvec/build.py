@@ -8,7 +8,8 @@ made — API ``merge``, sweeps, searches, soups, the studio and the benchmarks a
 
 1. merge the states (``merging.merge_states``: method, weights, scale, BatchNorm-statistics policy, device);
 2. build the module (the base's architecture, or the architecture carried by a segment head; class unions build
-   their widened head in ``heads.merge_union``);
+   their widened head in ``heads.merge_union``); the merged tensors become the module's own parameters (no copy),
+   on the recipe's ``device`` where they were merged, so a GPU merge holds one merged model on the GPU;
 3. refit BatchNorm statistics on images when the policy asks for it (``recalibration.recalibrate``);
 4. wrap it as a ready ``ultralytics.YOLO`` whose checkpoint entry ``taskvec`` holds the provenance (recipe,
    versions, input hashes) that ``api.save`` writes out.
@@ -144,7 +145,8 @@ def merged_module(base: LoadedModel, vectors: Sequence[TaskVector], recipe: Reci
     state, report = merge_states(base.state, vectors, recipe.method, weights=recipe.weights, scale=recipe.scale, params=recipe.params, bn=recipe.bn,
                                  seed=recipe.seed, layout=base.layout, orthogonalize=recipe.orthogonalize, device=recipe.device)
     carrier = next((tv for tv in vectors if tv.absolute and tv.meta.get("target_yaml")), None)
-    module = build_module(base, state, target_yaml=carrier.meta["target_yaml"] if carrier else None, names=carrier.meta.get("names") if carrier else None, device=recipe.device)
+    module = build_module(base, state, target_yaml=carrier.meta["target_yaml"] if carrier else None, names=carrier.meta.get("names") if carrier else None, device=recipe.device,
+                          adopt=report.fresh)  # the merged tensors become the module's own: no second copy (on a GPU: one model, not two)
     if bn_policy.needs_images(recipe.bn):
         from .recalibration import recalibrate
 

@@ -521,14 +521,16 @@ def _arch(yaml: Mapping) -> str:
     return f"{Path(str(yaml.get('yaml_file', 'model'))).stem} scale {yaml.get('scale', '?')}"
 
 
-def build_module(base: LoadedModel, state: Mapping[str, torch.Tensor], *, target_yaml: Mapping | None = None, names: Mapping[int, str] | None = None, device: str | torch.device | None = None) -> torch.nn.Module:
+def build_module(base: LoadedModel, state: Mapping[str, torch.Tensor], *, target_yaml: Mapping | None = None, names: Mapping[int, str] | None = None, device: str | torch.device | None = None, adopt: Iterable[str] = ()) -> torch.nn.Module:
     """A new fp32 module with ``state`` loaded: the base's architecture, or ``target_yaml`` when it differs (validated
     and sized before anything is built, see ``build_from_yaml``).
 
     ``device``: where the module is put before the state is copied in (a state merged on a GPU stays there).
+    ``adopt``: keys whose tensors in ``state`` are new memory made for this module (a merge's output): they become
+    the module's own parameters and buffers without a copy (one model less of memory and traffic per build).
     """
     if target_yaml is None or dict(target_yaml) == dict(base.yaml):
-        module = copy.deepcopy(base.module)
+        module = copy.deepcopy(base.module, _adopted(base.module, state, adopt, device))
     else:
         module = build_from_yaml(target_yaml, "the target architecture of the task vector", {k: tuple(v.shape) for k, v in state.items()}, MismatchError)
         module.args = dict(base.module.args)
@@ -631,6 +633,22 @@ def _quiet_build(where: str, error: type[TaskVecError]) -> Iterator[None]:
         raise
     except Exception as e:  # noqa: BLE001 - arguments that do not fit a layer surface as many exception types
         raise error(f"{where}: its model yaml does not build ({first_line(e)}).") from e
+
+
+def _adopted(module: torch.nn.Module, state: Mapping[str, torch.Tensor], keys: Iterable[str], device: str | torch.device | None) -> dict[int, Any]:
+    """A deepcopy memo that puts ``state[key]`` in place of the module's tensor ``key`` (same shape, fp32, on the
+    target device), so copying the module copies none of them."""
+    keys = set(keys)
+    if not keys:
+        return {}
+    target = torch.device(device) if device is not None else None
+    memo: dict[int, Any] = {}
+    for key, old in [*module.named_parameters(), *module.named_buffers()]:
+        new = state.get(key)
+        if key not in keys or new is None or new.shape != old.shape or new.dtype != torch.float32 or (target is not None and new.device != target) or (target is None and new.device != old.device):
+            continue
+        memo[id(old)] = torch.nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, torch.nn.Parameter) else new
+    return memo
 
 
 def _module_from_yaml(yaml: Mapping, shapes: Mapping[str, Sequence[int]] | None = None) -> torch.nn.Module:

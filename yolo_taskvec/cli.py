@@ -120,10 +120,13 @@ ARGS: dict[str, Arg] = {
     "space": Arg("auto", _str, "search space: auto, scale, vectors, parts, vectors+parts, keys (backbone,neck) or bounds (backbone=0:1;head=0:0.5)"),
     "bounds": Arg("0:1", _str, "search bounds low:high for keys without their own"),
     "budget": Arg(20, _int, "search: most evaluations (finished ones in the run folder count)"),
-    "strategy": Arg("coordinate", _str, "search strategy: coordinate or random"),
+    "strategy": Arg("coordinate", _str, "search strategy: coordinate, random, tpe or cmaes (tpe/cmaes: pip install 'yolo-taskvec[optuna]')"),
     "start": Arg(None, _float, "search: start value of every key (default: the middle of its bounds)"),
-    "backend": Arg("local", _str, "search backend: local"),
-    "workers": Arg(None, _int, "parallel trials (NOT yolo's dataloader workers)"),
+    "backend": Arg("local", _str, "where sweep/search/soup candidates are scored: local (here) or ray (a Ray cluster; pip install 'yolo-taskvec[ray]')"),
+    "address": Arg(None, _str, "backend=ray: the cluster (auto, host:port or ray://host:port; default: a private Ray instance on this machine)"),
+    "workers": Arg(None, _int, "backend=ray: trials run in parallel (default: as many as the cluster fits; NOT yolo's dataloader workers)"),
+    "cpus_per_trial": Arg(None, _str, "backend=ray: CPUs each trial asks Ray for, also its inference threads (default 1)"),
+    "gpus_per_trial": Arg(None, _str, "backend=ray: GPUs each trial asks Ray for (e.g. 1 or 0.5); a trial uses the GPU Ray assigns it (default 0)"),
     # single-purpose modes
     "tuned": Arg(None, _str, "fine-tuned checkpoint (.pt)"),
     "model": Arg(None, _list, "comma-separated checkpoints to inspect or validate"),
@@ -480,21 +483,25 @@ _RUN_ARGS = ("cfg", "base", "weights", *_RAW_SCORING[:-2], "method", "scale", "p
              "seed", "device", "imgsz", "force", "out", "project", "name", "exist_ok", "best", "verbose")
 
 
-@mode("sweep", ("vectors", "models", "scales", *_RUN_ARGS), "validate base + merge(vectors) over a grid of recipe fields; table, chosen point, plot, resumable run folder", extra=True)
+_BACKEND_OPTIONS = ("backend", "address", "workers", "cpus_per_trial", "gpus_per_trial")
+
+
+@mode("sweep", ("vectors", "models", "scales", *_BACKEND_OPTIONS, *_RUN_ARGS), "validate base + merge(vectors) over a grid of recipe fields; table, chosen point, plot, resumable run folder", extra=True)
 def run_sweep(args: dict[str, Any], extra: dict[str, str] | None = None) -> None:
     from .sweep import sweep
 
     def run(recipe: Any, scoring: dict[str, Any], sections: dict[str, Any], folder: dict[str, Any]) -> Any:
         scales = args.get("scales", (sections.get("grid") or {}) or "0:1:0.1")
-        return sweep(recipe, None, scales=scales, verbose=get(args, "verbose"), **folder, **scoring)
+        backend = {k: args[k] for k in _BACKEND_OPTIONS if k in args}
+        return sweep(recipe, None, scales=scales, verbose=get(args, "verbose"), **backend, **folder, **scoring)
 
     _scored_run(args, extra, "vectors", run)
 
 
-_SEARCH_OPTIONS = ("space", "bounds", "budget", "strategy", "start", "backend", "workers")
+_SEARCH_OPTIONS = ("space", "bounds", "budget", "strategy", "start", *_BACKEND_OPTIONS)
 
 
-@mode("search", ("vectors", "models", *_SEARCH_OPTIONS, *_RUN_ARGS), "search per-input/per-part scales (or method parameters) maximizing the objective (coordinate or random)", extra=True)
+@mode("search", ("vectors", "models", *_SEARCH_OPTIONS, *_RUN_ARGS), "search per-input/per-part scales (or method parameters) maximizing the objective (coordinate, random, tpe, cmaes)", extra=True)
 def run_search(args: dict[str, Any], extra: dict[str, str] | None = None) -> None:
     from .search import search
 
@@ -509,12 +516,13 @@ def run_search(args: dict[str, Any], extra: dict[str, str] | None = None) -> Non
     _scored_run(args, extra, "vectors", run)
 
 
-@mode("soup", ("models", *[k for k in _RUN_ARGS if k not in ("method", "weights", "scale")]), "greedy soup: add fine-tunes, best first, while the (selection) objective does not drop")
+@mode("soup", ("models", *_BACKEND_OPTIONS, *[k for k in _RUN_ARGS if k not in ("method", "weights", "scale")]), "greedy soup: add fine-tunes, best first, while the (selection) objective does not drop")
 def run_soup(args: dict[str, Any]) -> None:
     from .soup import greedy_soup
 
     def run(recipe: Any, scoring: dict[str, Any], sections: dict[str, Any], folder: dict[str, Any]) -> Any:
-        return greedy_soup(recipe, None, verbose=get(args, "verbose"), **folder, **scoring)
+        backend = {k: args[k] for k in _BACKEND_OPTIONS if k in args}
+        return greedy_soup(recipe, None, verbose=get(args, "verbose"), **backend, **folder, **scoring)
 
     _scored_run(args, None, "models", run, method="average")
 
@@ -522,8 +530,10 @@ def run_soup(args: dict[str, Any]) -> None:
 def _scored_run(args: dict[str, Any], extra: dict[str, str] | None, inputs_key: str, run: Callable[..., Any], method: str | None = None) -> None:
     """Shared by sweep/search/soup: validate everything, run, print the table and the choice, save the best model."""
     from .api import save
+    from .backends import BackendOptions
     from .recipe import parse_bool
 
+    BackendOptions.build(**{k: args[k] for k in _BACKEND_OPTIONS if k in args}).check_device(args.get("device"))  # before the recipe checks devices here
     recipe, sections = _recipe(args, extra, inputs_key=inputs_key, method=method)
     scoring = _scoring(args, sections)
     folder = {k: args[k] for k in ("out", "project", "name") if k in args}

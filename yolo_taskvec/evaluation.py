@@ -97,7 +97,10 @@ def select_device_checked(device: Any) -> torch.device:
 
 def check_finite(state: Mapping[str, torch.Tensor], label: str) -> None:
     """Refuse a model with NaN or Inf weights: it would score 0.000 without a word."""
-    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    floats = {k: t for k, t in state.items() if t.is_floating_point() and t.numel()}
+    if not floats or bool(torch.stack([torch.isfinite(t).all() for t in floats.values()]).all()):  # one synchronization
+        return
+    bad = [k for k, t in floats.items() if not bool(torch.isfinite(t).all())]
     if bad:
         raise TaskVecError(f"model {label} holds NaN or Inf values in {len(bad)} tensors (e.g. {bad[0]}); it cannot be scored.")
 
@@ -195,14 +198,17 @@ def source_module(model: ModelLike) -> tuple[torch.nn.Module, bool]:
     return load_model(model).module, True  # raises the loader's one-sentence error
 
 
-def model_state(module: torch.nn.Module, as_saved: bool) -> dict[str, torch.Tensor]:
-    """The module's state on the CPU in fp32 (never the caller's tensors when they are changed); with ``as_saved``,
-    floating-point values rounded to fp16 as a saved checkpoint holds them (unless some exceed fp16's range: such a
-    model cannot be saved, so it is scored as it is)."""
+def model_state(module: torch.nn.Module, as_saved: bool, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """The module's state in fp32 on ``device`` (default: the CPU), where the scoring model runs, so a model merged
+    on that GPU is not copied to the CPU and back (never the caller's tensors when they are changed); with
+    ``as_saved``, floating-point values rounded to fp16 as a saved checkpoint holds them (unless some exceed fp16's
+    range: such a model cannot be saved, so it is scored as it is). The range check is one synchronization."""
     from .checkpoint import FP16_MAX
 
-    state = {k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()) for k, v in module.state_dict().items()}
-    if as_saved and all(not v.is_floating_point() or not v.numel() or float(v.abs().max()) <= FP16_MAX for v in state.values()):
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    state = {k: (v.detach().to(device, torch.float32) if v.is_floating_point() else v.detach().to(device)) for k, v in module.state_dict().items()}
+    floats = [v for v in state.values() if v.is_floating_point() and v.numel()]
+    if as_saved and (not floats or float(torch.stack([t.abs().amax() for t in floats]).amax()) <= FP16_MAX):
         state = {k: (v.half().float() if v.is_floating_point() else v) for k, v in state.items()}
     return state
 
@@ -240,6 +246,7 @@ class FusedTemplate:
         from ultralytics.cfg import get_cfg
         from ultralytics.nn.autobackend import AutoBackend
 
+        module = module.to(device)  # fused where it runs, as YOLO.val fuses a checkpoint loaded onto its device
         unfused = {k: v.detach().clone() for k, v in module.state_dict().items()}
         conv_bn, swappable = _fusable_convs(module)
         with quiet_ultralytics(not verbose), torch.inference_mode(False):
@@ -259,7 +266,7 @@ class FusedTemplate:
 
     @torch.no_grad()
     def load(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Fuse ``state`` (unfused, CPU fp32) into the template's tensors in place."""
+        """Fuse ``state`` (unfused fp32, on the template's device) into the template's tensors in place."""
         from torch.nn.utils.fusion import fuse_conv_bn_weights
 
         for kind, key, eps in self.recipe:
@@ -460,12 +467,12 @@ class Evaluator:
         from ultralytics.nn.autobackend import check_class_names
         from ultralytics.nn.tasks import guess_model_task
 
-        with _timer(self.device) as t:
+        with _timer(self.device) as t, torch_threads(self.threads):  # the whole candidate keeps to the scoring threads
             module, owned = source_module(model)
             task = getattr(module, "task", None) or guess_model_task(module)
             if task not in TASKS:
                 raise TaskVecError(f"{model_label(model)} is a {task} model; evaluation scores detect and segment models.")
-            state = model_state(module, self.as_saved)
+            state = model_state(module, self.as_saved, self.device)
             check_finite(state, model_label(model))
             names = check_class_names(dict(getattr(module, "names", None) or {}))
             key = (type(module).__name__, task, json.dumps(module.yaml, sort_keys=True, default=str), tuple(names.items()), tuple((k, tuple(v.shape)) for k, v in state.items()))
@@ -547,7 +554,8 @@ class Evaluator:
                 raise DataError(f"dataset {dataset} is not one of this evaluator's ({', '.join(self.names)}).")
             dataset = self.datasets[self.names.index(dataset)]
         p = self._pass(prepared, dataset)
-        v, model = p.validator, prepared.backend
+        with torch_threads(self.threads):  # loading the weights into the fused model is part of the candidate's work
+            v, model = p.validator, prepared.backend
         boxes_of_segment_model = prepared.task == "segment" and p.task == "detect"
         collector = self._coco_collector(dataset, p) if self.coco else None
         forward, post = _timer(self.device), _timer(self.device)

@@ -5,12 +5,19 @@ BatchNorm policy (``bn.py`` owns the policies and their arithmetic). Carried (ab
 Vectors are put in a canonical order (by content) first, so the result does not depend on the order they were
 given in, and random methods draw from one generator per (seed, tensor, vector content), so a seed reproduces a
 merge exactly. ``device=`` runs the arithmetic on that device one tensor at a time (inputs stay where they are;
-the merged tensors are left on the device), so a GPU sweep merges on the GPU with about one model of extra memory.
+the merged tensors are left on the device), so a GPU sweep merges on the GPU: its memory holds the merged model plus
+one tensor's inputs (the base's and each vector's copy of the tensor being merged) at a time.
+
+Cost: the driver adds little to the method's own arithmetic. Vector ids (the canonical order) are computed once per
+vector and cached while its tensors are unchanged (same storage and version counter; in-place edits through
+``.data`` or NumPy views are not seen), a part's scale is resolved once per part, and a method's ``apply`` (base +
+α·merged in one streaming pass, where the method has one) writes each merged tensor once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,13 +51,21 @@ class MergeReport:
     merged: dict[str, int] = field(default_factory=dict)  # part -> tensors merged
     carried: list[str] = field(default_factory=list)
     stats_kept: int = 0
+    fresh: frozenset[str] = frozenset()  # keys whose merged tensor is new memory (no input shares it)
 
     def as_dict(self) -> dict[str, Any]:
         return {"method": self.method, "params": self.params, "bn": self.bn, "merged": self.merged, "carried": self.carried, "stats_kept": self.stats_kept}
 
 
 def vector_id(tv: TaskVector) -> str:
-    """A cheap content id: shapes and a strided sample of every delta (orders vectors canonically)."""
+    """A cheap content id: shapes and a strided sample of every delta (orders vectors canonically).
+
+    Cached per vector object while its tensors are unchanged (``_signature``), so a sweep pays it once per input.
+    """
+    signature = _signature(tv)
+    cached = _IDS.get(id(tv))
+    if cached is not None and cached[0]() is tv and cached[1] == signature:
+        return cached[2]
     h = hashlib.sha1()
     for key in sorted(tv.deltas):
         t = tv.deltas[key].reshape(-1)
@@ -59,7 +74,17 @@ def vector_id(tv: TaskVector) -> str:
         h.update(t[::step][:64].contiguous().cpu().numpy().tobytes())  # .cpu(): vectors on a GPU (swap)
     for key in sorted(tv.absolute):
         h.update(b"abs:" + key.encode())
-    return h.hexdigest()
+    vid = h.hexdigest()
+    _IDS[id(tv)] = (weakref.ref(tv, lambda _, k=id(tv): _IDS.pop(k, None)), signature, vid)
+    return vid
+
+
+_IDS: dict[int, tuple[weakref.ref, tuple, str]] = {}  # id(vector) -> (weak reference, signature, content id)
+
+
+def _signature(tv: TaskVector) -> tuple:
+    """What identifies a vector's tensors without reading them: keys, storages, in-place version counters."""
+    return (tuple((k, t.data_ptr(), t._version, t.shape) for k, t in tv.deltas.items()), tuple(tv.absolute))
 
 
 def _rng(seed: int, key: str, vid: str) -> torch.Generator:
@@ -108,11 +133,18 @@ def merge_states(
     vectors, weights, vids = [vectors[i] for i in order], [weights[i] for i in order], [ids[i] for i in order]
     report = MergeReport(method.name, resolved, bn)
     device = torch.device(device) if device is not None else None
-    part_of = (lambda k: layout.part_of(k)) if layout else (lambda k: "other")  # noqa: E731
+    part_of = layout.part_of if layout else (lambda k: "other")  # noqa: E731
+    scales: dict[str, float] = {}  # part -> its scale, resolved once per part
+
+    def scale_of(part: str) -> float:
+        if part not in scales:
+            scales[part] = scale_for(part, scale)
+        return scales[part]
 
     out = dict(base)
     keys = sorted({k for v in vectors for k in v.deltas})
     stats = []
+    fresh = []
     for key in keys:
         if key not in base:
             raise MismatchError(f"task vector tensor {key} has no counterpart in the base.")
@@ -122,15 +154,15 @@ def merge_states(
         if is_bn_stat(key):
             stats.append(key)
             continue
-        b = b.to(device) if device is not None else b
+        if device is not None and b.device != device:
+            b = b.to(device)
         ds = [_delta_for(v, key, b) for v in vectors]
         part = part_of(key)
         rngs = [_rng(seed, key, vid) for vid in vids] if method.random else None
         if orthogonalize:
             ds = orthogonalize_deltas(ds)
-        merged = method.fn(ds, list(weights), base=b, rngs=rngs, **resolved)
-        owned = all(merged.untyped_storage().data_ptr() != t.untyped_storage().data_ptr() for t in (*ds, b))
-        out[key] = torch.add(b, merged, alpha=scale_for(part, scale), out=merged if owned else None)  # reuse the method's buffer
+        out[key] = _apply(method, ds, weights, b, scale_of(part), rngs, resolved)
+        fresh.append(key)
         report.merged[part] = report.merged.get(part, 0) + 1
     stat_w = method.stat_weights(weights, resolved)
     merged_stats = bn_policy.merge_statistics(
@@ -139,9 +171,10 @@ def merge_states(
         stats,
         lambda k: [_delta_for(v, k, base[k], device) if k in v.deltas else None for v in vectors],
         stat_w,
-        lambda k: scale_for(part_of(k), scale),
+        lambda k: scale_of(part_of(k)),
     )
     out.update(merged_stats)
+    fresh += merged_stats
     report.stats_kept = len(stats) - len(merged_stats)
     for v in vectors:
         for key, t in v.absolute.items():
@@ -150,7 +183,19 @@ def merge_states(
             out[key] = t.to(device) if device is not None else t
             if key not in report.carried:
                 report.carried.append(key)
+    report.fresh = frozenset(fresh).difference(report.carried)
     return out, report
+
+
+def _apply(method: Method, ds: list[torch.Tensor], weights: Sequence[float], b: torch.Tensor, alpha: float, rngs: list | None, params: Mapping[str, Any]) -> torch.Tensor:
+    """``b + alpha · method(ds)`` as a new tensor: the method's own ``apply`` where it has one (one streaming pass),
+    else its merged delta added to the base (into the method's buffer when it returned a new one)."""
+    apply = getattr(method, "apply", None)
+    if apply is not None:
+        return apply(ds, list(weights), base=b, alpha=alpha, rngs=rngs, **params)
+    merged = method.fn(ds, list(weights), base=b, rngs=rngs, **params)
+    owned = all(merged.untyped_storage().data_ptr() != t.untyped_storage().data_ptr() for t in (*ds, b))
+    return torch.add(b, merged, alpha=alpha, out=merged if owned else None)
 
 
 def _delta_for(v: TaskVector, key: str, b: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
@@ -159,4 +204,5 @@ def _delta_for(v: TaskVector, key: str, b: torch.Tensor, device: torch.device | 
         return torch.zeros_like(b, dtype=torch.float32, device=device or b.device)
     if d.shape != b.shape:
         raise MismatchError(f"task vector tensor {key} has shape {tuple(d.shape)}, the base {tuple(b.shape)}.")
-    return d.to(device or b.device, torch.float32)
+    target = device or b.device
+    return d if d.dtype == torch.float32 and d.device == target else d.to(target, torch.float32)

@@ -13,6 +13,9 @@ scored, in one results table that survives interruption.
   same identity (recipe, input hashes, datasets by resolved path and content, scoring) resumes from it.
 * Run folders follow Ultralytics: ``project``/``name`` (default ``runs_dir/taskvec/<kind>``, incremented unless
   ``exist_ok``), or ``out=`` for one exact folder. Nothing is created before the inputs are validated and loaded.
+* Execution: ``drive`` is the one loop of every run: a ``Proposer`` hands out points (``ask``) and is told their
+  objectives (``tell``); points in the results file are answered from it, new ones go to a backend (``LocalBackend``
+  here, one at a time; ``backends.RayBackend`` on a cluster) while it has a free runner.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -310,12 +314,13 @@ def check_reference_files(sources: Mapping[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- selection data
-def selection_views(scoring: Scoring, folder: Path) -> list[str]:
+def selection_views(scoring: Scoring, folder: str | os.PathLike) -> list[str]:
     """One yaml per dataset, named ``<dataset>.select.yaml`` in ``folder``, holding the selection images.
 
     ``train:<f>``: a seeded ``f`` of each dataset's train images (sorted, then sampled with ``select_seed``), listed
     in a text file (labels are found beside the original images); explicit yamls are re-pointed, unchanged.
     """
+    folder = Path(folder)
     views = []
     for yaml, name, chosen in zip(scoring.data, scoring.datasets, scoring.select if not isinstance(scoring.select, str) else [None] * len(scoring.data)):
         info = load_data(chosen or yaml, split="train" if chosen is None else scoring.split)
@@ -336,8 +341,26 @@ def selection_views(scoring: Scoring, folder: Path) -> list[str]:
     return views
 
 
+def view_digests(views: Sequence[str]) -> dict[str, str]:
+    """``{view file name: sha256 of the images it lists}`` (the listing's content, not where it was written), so
+    views built on two machines from the same dataset files compare equal."""
+    out = {}
+    for view in views:
+        images = str(json.loads(Path(view).read_text(encoding="utf-8"))["val"])
+        text = Path(images).read_text(encoding="utf-8") if images.endswith(".txt") and Path(images).is_file() else images
+        out[Path(view).name] = hashlib.sha256(text.encode()).hexdigest()
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- the scorer
 MERGE_REFUSALS = (RecipeError, TaskVecError)  # a candidate's recipe or merge that cannot be built: recorded, not fatal
+
+
+@dataclass(frozen=True)
+class Refused:
+    """What a trial returns instead of metrics when the merge refuses its candidate: the one-sentence reason."""
+
+    reason: str
 
 
 class Scorer:
@@ -361,25 +384,34 @@ class Scorer:
         """The merged ``ultralytics.YOLO`` at a point."""
         return build_merged(self.prepared, self.recipe_at(point), selection=selection)
 
-    def score(self, point: Mapping[str, float]) -> dict[str, Any]:
-        """Merge, evaluate and return the table row of a point (with ``seconds``).
+    def measure(self, point: Mapping[str, float]) -> tuple[Metrics, float]:
+        """Merge and evaluate a point: ``(metrics, seconds)``, or ``(Refused(reason), seconds)`` when the merge refuses
+        the candidate (e.g. scales that make BatchNorm variances non-positive). The merge and build run on the evaluator's CPU threads
+        (as its inference does), so a whole candidate keeps to the threads it was given."""
+        from .evaluation import torch_threads
 
-        A candidate the merge refuses (e.g. scales that make BatchNorm variances non-positive) is a row with the
-        refusal in ``refused`` and no score, so one bad corner of a grid does not end the run.
-        """
         t0 = time.perf_counter()
-        try:
-            model = self.model(point)
-        except MERGE_REFUSALS as e:
-            return {**point, "refused": str(e), self.choice_column: math.nan, "objective": math.nan, "seconds": round(time.perf_counter() - t0, 3)}
-        metrics = self.evaluate(model)
+        with torch_threads(getattr(self.evaluate, "threads", None)):
+            try:
+                model = self.model(point)
+            except MERGE_REFUSALS as e:
+                return Refused(str(e)), round(time.perf_counter() - t0, 3)
+            metrics = self.evaluate(model)
         self.evaluations += 1
+        return metrics, round(time.perf_counter() - t0, 3)
+
+    def score(self, point: Mapping[str, float]) -> dict[str, Any]:
+        """Merge, evaluate and return the table row of a point (with ``seconds``); a refused merge is a row too."""
+        metrics, seconds = self.measure(point)
         row = self.row(point, metrics)
-        row["seconds"] = round(time.perf_counter() - t0, 3)
+        row["seconds"] = seconds
         return row
 
-    def row(self, point: Mapping[str, float], metrics: Metrics) -> dict[str, Any]:
-        """Axis values, ``<dataset>/<metric>`` and ``/norm`` columns and the objective(s) of one scored candidate."""
+    def row(self, point: Mapping[str, float], metrics: Metrics | Refused) -> dict[str, Any]:
+        """Axis values, ``<dataset>/<metric>`` and ``/norm`` columns and the objective(s) of one scored candidate; a
+        refused one has its reason in ``refused`` and no score, so one bad corner of a grid does not end the run."""
+        if isinstance(metrics, Refused):
+            return {**point, "refused": metrics.reason, self.choice_column: math.nan, "objective": math.nan}
         report = {ds: m for ds, m in metrics.items() if not ds.endswith(SELECT_SUFFIX)}
         row: dict[str, Any] = dict(point)
         _columns(row, report, self.report, "")
@@ -777,9 +809,16 @@ class Run:
     sources: dict[str, Any]
     verbose: bool = True
     workdir: Any = None  # the temporary folder of the selection views
+    views: list[str] = field(default_factory=list)  # the selection view yamls (in workdir)
+    custom_evaluator: bool = False
 
-    def references(self) -> tuple[dict[str, Metrics], dict[str, str]]:
-        """Reference metrics from the results file, or scored now (once each) and stored in it."""
+    def spec(self) -> Any:
+        """What a remote trial runner needs (``backends.TrialSpec``): the loaded inputs, axes and scoring."""
+        scoring = dataclasses.replace(self.scoring, data=tuple(_absolute(y) for y in self.scoring.data), select=self.scoring.select if not isinstance(self.scoring.select, tuple) else tuple(_absolute(y) for y in self.scoring.select))
+        return TrialSpec(self.prepared, self.axes, scoring, self.kind, self.imgsz, self.evaluate if self.custom_evaluator else None, view_digests(self.views) if self.views else None)
+
+    def references(self, backend: Any = None) -> tuple[dict[str, Metrics], dict[str, str]]:
+        """Reference metrics from the results file, or scored now (once each, by ``backend``) and stored in it."""
         labels = {ds: reference_label(src) for ds, src in self.sources.items()}
         if self.log.references and set(self.log.references) >= set(labels.values()):
             scored = {k: self.log.references[k] for k in set(labels.values())}
@@ -787,7 +826,10 @@ class Run:
             todo: dict[str, Any] = {}
             for ds, src in self.sources.items():
                 todo.setdefault(labels[ds], src)
-            scored = {label: self.evaluate(reference_model(src, self.prepared.base)) for label, src in progress(todo.items(), "references", self.verbose)}
+            if backend is None:
+                backend = LocalBackend()
+                backend.start(self)
+            scored = backend.references(todo) if todo else {}
             self.log.references = plain(scored)
             self.log.save()
         self.scorer.set_references(_per_dataset(scored, labels, self.scoring))
@@ -817,6 +859,13 @@ class Run:
         if self.workdir is not None:
             self.workdir.cleanup()
         return result
+
+
+def _absolute(yaml: str) -> str:
+    """A dataset yaml given relative to this directory, made absolute (a remote worker has another one); bare names
+    that Ultralytics finds in its ``datasets_dir`` stay as they are."""
+    path = Path(yaml).expanduser()
+    return str(path.resolve()) if not path.is_absolute() and path.exists() else yaml
 
 
 def _datasets_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -858,10 +907,11 @@ def setup_run(kind: str, recipe: Recipe, scoring: Scoring, axis_keys: Iterable[s
     folder = run_folder(kind, out, project, name, exist_ok, inputs=[s for s in (recipe.base, *recipe.sources) if isinstance(s, (str, os.PathLike))], protect=protect)
     prepared = prepare(recipe)
     imgsz = scoring.imgsz or int(prepared.base.train_args.get("imgsz") or 640)
-    workdir, yamls = None, list(scoring.data)
+    workdir, yamls, views, custom = None, list(scoring.data), [], evaluator is not None
     if scoring.selects:
         workdir = tempfile.TemporaryDirectory(prefix="yolo-taskvec-select-")
-        yamls += selection_views(scoring, Path(workdir.name))
+        views = selection_views(scoring, workdir.name)
+        yamls += views
     if evaluator is None:
         from .evaluation import Evaluator
 
@@ -882,7 +932,7 @@ def setup_run(kind: str, recipe: Recipe, scoring: Scoring, axis_keys: Iterable[s
     }
     log = ResultsLog(folder / f"{kind}.json", kind, identity, inputs=prepared.files)
     scorer = Scorer(prepared, axes, evaluator, scoring, kind)
-    return Run(kind, recipe, scoring, prepared, axes, folder, evaluator, scorer, log, sources, verbose, workdir)
+    return Run(kind, recipe, scoring, prepared, axes, folder, evaluator, scorer, log, sources, verbose, workdir, views, custom)
 
 
 def build_run_inputs(base: Any, inputs: Any, fields: Mapping[str, Any], data: Any) -> tuple[Recipe, Scoring]:
@@ -893,18 +943,139 @@ def build_run_inputs(base: Any, inputs: Any, fields: Mapping[str, Any], data: An
     return recipe, scoring
 
 
-def point_loop(points: Sequence[Point], run: Run, *, desc: str, callback: Callable | None = None) -> list[dict[str, Any]]:
-    """Score each point not already in the results file (progress bar), storing every new row atomically."""
-    rows = []
-    bar = progress(points, desc, run.verbose)
-    best = -math.inf
-    for point in bar:
-        row = run.log.find(point)
-        if row is None:
-            row = run.log.add(point, run.scorer.score(point))
+# ----------------------------------------------------------------------------------------------- execution
+@dataclass
+class TrialSpec:
+    """What a runner needs to merge and score any point of a run (sent once through the object store)."""
+
+    prepared: Prepared  # the base and the task vectors, loaded on the driver
+    axes: dict[str, str]
+    scoring: Scoring
+    kind: str
+    imgsz: int
+    evaluator: Any = None  # a custom evaluator (picklable) instead of the built-in one
+    views: dict[str, str] | None = None  # selection view file name -> sha256 of its content, as the driver made them
+
+
+class LocalBackend:
+    """Scores in this process with the run's own scorer, one candidate at a time."""
+
+    name = "local"
+    capacity = 1
+
+    def __init__(self) -> None:
+        self.run: Any = None
+        self.queue: list[dict[str, float]] = []
+
+    def start(self, run: Any) -> None:
+        self.run = run
+
+    def references(self, todo: Mapping[str, Any]) -> dict[str, Any]:
+        return {label: self.run.evaluate(reference_model(src, self.run.prepared.base)) for label, src in progress(todo.items(), "references", self.run.verbose)}
+
+    def submit(self, point: dict[str, float]) -> None:
+        self.queue.append(point)
+
+    def next_result(self) -> tuple[dict[str, float], Any, float]:
+        point = self.queue.pop(0)
+        metrics, seconds = self.run.scorer.measure(point)
+        return point, metrics, seconds
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "local"}
+
+    def close(self) -> None:
+        self.queue.clear()
+
+
+class Proposer:
+    """The points of a run, handed out one at a time (``ask``) and told their objective (``tell``).
+
+    ``ask`` returns the next point, or ``None`` when it has nothing to propose until a running trial is told (and,
+    with nothing running, when it is done). Proposers that do not wait for every trial of a batch keep a cluster
+    busy; the execution loop (``drive``) is the same for every backend.
+    """
+
+    def ask(self) -> Point | None:
+        raise NotImplementedError
+
+    def tell(self, point: Point, value: float) -> None:
+        pass
+
+
+class GridProposer(Proposer):
+    """Fixed points, in order (a sweep's grid, a soup's candidates)."""
+
+    def __init__(self, points: Iterable[Point]) -> None:
+        self.points = list(points)
+        self.next = 0
+
+    def ask(self) -> Point | None:
+        if self.next >= len(self.points):
+            return None
+        self.next += 1
+        return self.points[self.next - 1]
+
+
+def drive(run: Run, backend: Any, proposer: Proposer, *, desc: str, budget: int | None = None, total: int | None = None, callback: Callable | None = None, numbered: bool = False) -> int:
+    """Score the proposer's points on ``backend`` until it is done or ``budget`` rows are in the results file.
+
+    Points already in the results file are answered from it at once (no trial, no budget); new ones go to the
+    backend as long as it has a free runner, so a cluster stays busy; each finished row is stored atomically as it
+    arrives (``numbered``: with a ``trial`` number), told to the proposer and passed to ``callback``. Returns the
+    number of new rows.
+    """
+    from ultralytics.utils import TQDM
+
+    log, choice = run.log, run.scorer.choice_column
+    bar = TQDM(total=total or budget, desc=desc, disable=not run.verbose)
+    best, new, running = -math.inf, 0, 0
+    replays = 0  # points answered from the results file (a bound against a proposer that only repeats itself)
+
+    def shown(row: Mapping[str, Any]) -> None:
+        nonlocal best
+        best = max(best, row[choice])
+        bar.update(1)
+        bar.set_description(f"{desc} (best {best:.4f})")
+
+    try:
+        while True:
+            while running < backend.capacity and (budget is None or len(log.rows) + running < budget):
+                point = proposer.ask()
+                if point is None:
+                    break
+                row = log.find(point)
+                if row is not None:
+                    replays += 1
+                    if replays > 10 * (budget or len(log.rows)) + 1000:
+                        break
+                    proposer.tell(point, row[choice] if not math.isnan(row[choice]) else -math.inf)
+                    shown(row)
+                    continue
+                backend.submit(point)
+                running += 1
+            if running == 0:
+                break
+            point, metrics, seconds = backend.next_result()
+            running -= 1
+            row = run.scorer.row(point, metrics)
+            row["seconds"] = seconds
+            row = log.add(point, {"trial": len(log.rows) + 1, **row} if numbered else row)
+            new += 1
+            proposer.tell(point, row[choice] if not math.isnan(row[choice]) else -math.inf)  # a refused merge never attracts a search
+            shown(row)
             if callback is not None:
                 callback(row)
-        rows.append(row)
-        best = max(best, row[run.scorer.choice_column])
-        bar.set_description(f"{desc} (best {best:.4f})")
-    return rows
+    finally:
+        bar.close()
+    return new
+
+
+def point_loop(points: Sequence[Point], run: Run, *, desc: str, callback: Callable | None = None, backend: Any = None) -> list[dict[str, Any]]:
+    """Score each point not already in the results file (on ``backend``, local by default), storing every new row
+    atomically; returns the rows in the order of ``points``."""
+    if backend is None:
+        backend = LocalBackend()
+        backend.start(run)
+    drive(run, backend, GridProposer(points), desc=desc, total=len(points), callback=callback)
+    return [run.log.find(p) for p in points]

@@ -12,16 +12,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .backends import backend_options, running
 from .errors import TaskVecError
-from .runs import (
-    Evaluate,
-    Run,
-    RunResult,
-    build_run_inputs,
-    input_axis_names,
-    progress,
-    setup_run,
-)
+from .runs import Evaluate, Run, RunResult, build_run_inputs, input_axis_names, point_loop, setup_run
 
 
 def greedy_soup(
@@ -36,46 +29,54 @@ def greedy_soup(
     plot: bool = True,
     evaluator: Evaluate | None = None,
     verbose: bool = True,
+    backend: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
     **fields: Any,
 ) -> RunResult:
     """Greedy soup of fine-tunes of ``base``: ``result.best_model()`` is the soup, ``result.ingredients`` its members.
 
     ``fields``: recipe fields (``bn``, ``bn_data``, ``force``, ...; the method is ``average``) and scoring fields as in
-    ``sweep``. The run folder gets ``soup.json`` (resumable), ``soup.csv`` and ``soup.png``.
+    ``sweep``. The run folder gets ``soup.json`` (resumable), ``soup.csv`` and ``soup.png``. With ``backend="ray"``
+    the models alone are scored in parallel; each soup step needs the one before it.
     """
     if fields.get("method", "average") != "average":
         raise TaskVecError(f"a greedy soup averages its ingredients (method average), not {fields['method']}.")
     fields["method"] = "average"
+    options = backend_options(fields, backend, address, workers, cpus_per_trial, gpus_per_trial)
     recipe, scoring = build_run_inputs(base, models, fields, data)
     names = input_axis_names(recipe)
     if len(names) < 2:
         raise TaskVecError("a greedy soup needs at least two fine-tuned models.")
-    run = setup_run("soup", recipe, scoring, names, {}, out=out, project=project, name=name, exist_ok=exist_ok, evaluator=evaluator, verbose=verbose)
-    scored, labels = run.references()
-    before = len(run.log.rows)
-    rows = _greedy(run, run.prepared.names)
-    result = run.result(rows, {n: [0.0, 1.0] for n in run.prepared.names}, scored, labels, len(run.log.rows) - before,
-                        lead_columns=("step", "candidate", "alone", "kept"), ingredients=[r["candidate"] for r in rows if r["kept"]])
-    return run.finish(result, plot)
+    with running(options, verbose) as runner:
+        run = setup_run("soup", recipe, scoring, names, {}, out=out, project=project, name=name, exist_ok=exist_ok, evaluator=evaluator, verbose=verbose)
+        runner.start(run)
+        scored, labels = run.references(runner)
+        before = len(run.log.rows)
+        rows = _greedy(run, run.prepared.names, runner)
+        result = run.result(rows, {n: [0.0, 1.0] for n in run.prepared.names}, scored, labels, len(run.log.rows) - before,
+                            lead_columns=("step", "candidate", "alone", "kept"), ingredients=[r["candidate"] for r in rows if r["kept"]])
+        result.context.update(runner.describe())
+        return run.finish(result, plot)
 
 
-def _greedy(run: Run, names: Sequence[str]) -> list[dict[str, Any]]:
-    """Score each model alone, then add them best first while the soup's (selection) objective does not drop."""
-    n = len(names)
+def _greedy(run: Run, names: Sequence[str], backend: Any) -> list[dict[str, Any]]:
+    """Score each model alone (in parallel on a cluster), then add them best first while the soup's (selection)
+    objective does not drop."""
     choice = run.scorer.choice_column
     one_hot = lambda chosen: {m: (1.0 if m in chosen else 0.0) for m in names}  # noqa: E731
-    bar = progress(range(2 * n - 1), "greedy soup", run.verbose)
+    strip = lambda row: {k: v for k, v in row.items() if k != "point"}  # noqa: E731
 
     def score(chosen: Sequence[str]) -> dict[str, Any]:
-        point = one_hot(chosen)
-        row = run.log.find(point) or run.log.add(point, run.scorer.score(point))
-        bar.update(1)
-        return {k: v for k, v in row.items() if k != "point"}
+        return strip(point_loop([one_hot(chosen)], run, desc="greedy soup", backend=backend)[0])
 
-    alone = {m: score([m])[choice] for m in names}
+    alone_rows = point_loop([one_hot([m]) for m in names], run, desc="greedy soup: models alone", backend=backend)
+    alone = {m: row[choice] for m, row in zip(names, alone_rows)}
     order = sorted(names, key=lambda m: -alone[m])
     soup = [order[0]]
-    best = score(soup)
+    best = strip(alone_rows[names.index(order[0])])
     steps = [{"step": 1, "candidate": order[0], "alone": alone[order[0]], "kept": True, "tried": order[0], **best}]
     for i, m in enumerate(order[1:], start=2):
         row = score([*soup, m])
@@ -83,5 +84,4 @@ def _greedy(run: Run, names: Sequence[str]) -> list[dict[str, Any]]:
         steps.append({"step": i, "candidate": m, "alone": alone[m], "kept": kept, "tried": " + ".join([*soup, m]), **row})
         if kept:
             soup, best = [*soup, m], row
-    bar.close()
     return steps

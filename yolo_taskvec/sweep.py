@@ -17,7 +17,8 @@ Grids (``scales=``), the product of their axes; an axis is a recipe field:
 
 Every candidate is built by ``build.build_merged`` from ONE loaded base and inputs prepared once, and scored by one
 ``evaluation.Evaluator`` that keeps its dataloaders across candidates (see ``runs`` for selection splits, the
-objective, references and resuming).
+objective, references and resuming). ``backend="ray"`` scores the grid on a Ray cluster instead, every runner busy
+until the grid is done (``backends``: ``address``, ``workers``, ``cpus_per_trial``, ``gpus_per_trial``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from .backends import backend_options, running
 from .errors import TaskVecError
 from .recipe import is_mapping_text, parse_mapping
 from .runs import Evaluate, Point, RunResult, build_run_inputs, point_loop, setup_run
@@ -103,6 +105,11 @@ def sweep(
     evaluator: Evaluate | None = None,
     callback: Callable[[dict[str, Any]], Any] | None = None,
     verbose: bool = True,
+    backend: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
     **fields: Any,
 ) -> RunResult:
     """Merge and validate a recipe at every point of the ``scales`` grid (see the module doc).
@@ -113,12 +120,19 @@ def sweep(
     every one is validated before anything is loaded. ``out``/``project``/``name``/``exist_ok``: the run folder for
     ``sweep.json`` (resumable), ``sweep.csv`` and ``sweep.png``. ``evaluator``: any callable ``model -> {dataset:
     {metric: value}}`` instead of the Evaluator. ``callback``: called with each new row (raising stops the sweep;
-    finished points stay in the results file).
+    finished points stay in the results file). ``backend``, ``address``, ``workers``, ``cpus_per_trial``,
+    ``gpus_per_trial``: where the candidates are scored (``backends``; default: here, one at a time).
     """
     grid = parse_grid(scales)  # a bad grid fails before any loading
     points = grid_points(grid)
+    options = backend_options(fields, backend, address, workers, cpus_per_trial, gpus_per_trial)
     recipe, scoring = build_run_inputs(base, vectors, fields, data)
-    run = setup_run("sweep", recipe, scoring, grid, {"grid": grid}, out=out, project=project, name=name, exist_ok=exist_ok, evaluator=evaluator, verbose=verbose)
-    scored, labels = run.references()
-    rows = point_loop(points, run, desc="sweep", callback=callback)
-    return run.finish(run.result(rows, grid, scored, labels, run.scorer.evaluations), plot)
+    with running(options, verbose) as runner:
+        run = setup_run("sweep", recipe, scoring, grid, {"grid": grid}, out=out, project=project, name=name, exist_ok=exist_ok, evaluator=evaluator, verbose=verbose)
+        runner.start(run)
+        scored, labels = run.references(runner)
+        before = len(run.log.rows)
+        rows = point_loop(points, run, desc=f"sweep ({options.name})" if options.remote else "sweep", callback=callback, backend=runner)
+        result = run.result(rows, grid, scored, labels, len(run.log.rows) - before)
+        result.context.update(runner.describe())
+        return run.finish(result, plot)
