@@ -170,12 +170,23 @@ def probe(model: Any, x: torch.Tensor, bn_layers: list[str], trunk: int) -> Prob
     return p
 
 
-def layer_table(models: dict[str, Any], reference: Any, base: Any, x: torch.Tensor, bn_layers: list[str], trunk: int) -> dict[str, Any]:
-    """Per-layer statistics moves, mismatches and activation drift for each policy's model at the probe scale."""
+def layer_table(models: dict[str, Any], reference: Any, base: Any, vectors: list[Any], x: torch.Tensor, bn_layers: list[str], trunk: int) -> dict[str, Any]:
+    """Per BatchNorm layer and policy: statistic moves, actual input moves, mismatch; per trunk layer: output drift.
+
+    Ratios are per channel, summarized by the median (and max) over the layer's channels.
+    """
     ref = probe(reference, x, bn_layers, trunk)
-    out: dict[str, Any] = {"bn_layers": bn_layers, "policies": {}}
-    for name, model in models.items():
-        p = probe(model, x, bn_layers, trunk)
+    sources = {}
+    for tv in vectors:
+        rows = []
+        for layer in bn_layers:
+            vb = base.state[f"{layer}.running_var"]
+            ratio = (vb + tv.deltas.get(f"{layer}.running_var", torch.zeros_like(vb))) / vb
+            rows.append({"layer": layer, "median": float(ratio.median()), "max": float(ratio.max())})
+        sources[tv.meta.get("name", "?")] = rows
+    out: dict[str, Any] = {"bn_layers": bn_layers, "sources": sources, "policies": {}}
+    for name, model in {"scale 0": reference, **models}.items():
+        p = probe(model, x, bn_layers, trunk) if model is not reference else ref
         state = model.model.state_dict()
         rows = []
         for layer in bn_layers:
@@ -196,8 +207,8 @@ def layer_table(models: dict[str, Any], reference: Any, base: Any, x: torch.Tens
                 }
             )
         drift = [float((p.outputs[i] - ref.outputs[i]).norm() / (ref.outputs[i].norm() + 1e-12)) for i in range(trunk)]
-        scale_out = [float(p.outputs[i].norm() / (ref.outputs[i].norm() + 1e-12)) for i in range(trunk)]
-        out["policies"][name] = {"bn": rows, "drift": drift, "norm_ratio": scale_out}
+        norm_ratio = [float(p.outputs[i].norm() / (ref.outputs[i].norm() + 1e-12)) for i in range(trunk)]
+        out["policies"][name] = {"bn": rows, "drift": drift, "norm_ratio": norm_ratio}
     return out
 
 
@@ -249,7 +260,7 @@ def main(argv: list[str]) -> None:
     bn_layers = shared_bn_layers(base, vectors)
     reference = union_merge(base, vectors, 0.0, "merge")
     models = {p: union_merge(base, vectors, probe_scale, p, bn_data=yamls, imgsz=imgsz) for p in policies}
-    layers = layer_table(models, reference, base, x, bn_layers, base.layout.head_index)
+    layers = layer_table(models, reference, base, vectors, x, bn_layers, base.layout.head_index)
     result = {
         "environment": env,
         "command": "python benchmarks/bench_union_cliff.py " + " ".join(argv),
@@ -270,25 +281,28 @@ def _trunk_index(layer: str) -> int:
     return int(layer.split(".")[1])
 
 
-def summary_by_depth(rows: list[dict[str, Any]], key: str, how: str = "max") -> dict[int, float]:
-    """Per trunk layer index: the max (or median) over its BatchNorm layers of ``key``."""
+def by_depth(rows: list[dict[str, Any]], key: str, how: str = "mean") -> dict[int, float]:
+    """Per trunk layer index: the mean (or max) over its BatchNorm layers of ``key``."""
     groups: dict[int, list[float]] = {}
     for r in rows:
         groups.setdefault(_trunk_index(r["layer"]), []).append(r[key])
-    pick = max if how == "max" else (lambda v: sorted(v)[len(v) // 2])
-    return {i: pick(v) for i, v in sorted(groups.items())}
+    return {i: (max(v) if how == "max" else sum(v) / len(v)) for i, v in sorted(groups.items())}
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows)
 
 
 def markdown(runs: dict[str, Any]) -> str:
     lines = ["# The domain cliff of a class-union merge, layer by layer", ""]
     for kind, run in runs.items():
         tasks = run["tasks"]
-        lines += [f"## {kind.upper()}", "", *environment_markdown(run["environment"], run.get("load_average_end")), f"Command: `{run['command']}` ({run['minutes']:.0f} min)", ""]
         cfg = run["config"]
+        lines += [f"## {kind.upper()}", "", *environment_markdown(run["environment"], run.get("load_average_end")), f"Command: `{run['command']}` ({run['minutes']:.0f} min)", ""]
         lines += [
             f"`merge({cfg['base']}, [{cfg['night']}, {cfg['far']}], classes=\"union\", scale=s, bn=...)`, task arithmetic, imgsz {cfg['imgsz']}; "
             f"mAP50-95 on the union views of the val splits ({', '.join(tasks)}). Only the shared statistics follow the policy; "
-            "each class branch keeps its own.",
+            "each class branch keeps its own. At scale 0 every data-free policy is base80's statistics.",
             "",
             "| scale | bn | " + " | ".join(tasks) + " |",
             "|---:|---|" + "---:|" * len(tasks),
@@ -296,24 +310,29 @@ def markdown(runs: dict[str, Any]) -> str:
         for r in run["table"]:
             cells = [("refused" if "error" in r else f"{r[t]:.3f}") for t in tasks]
             lines.append(f"| {r['scale']:g} | {r['bn']} | " + " | ".join(cells) + " |")
-        pol = run["layers"]["policies"]
+        layers = run["layers"]
+        pol = layers["policies"]
+        names = list(pol)
         lines += [
             "",
             f"### Per layer at scale {run['probe_scale']:g} ({run['probe_images']} val images of the two tasks)",
             "",
-            "Per trunk layer (max over its BatchNorm layers): running variance of the policy / base80's; the actual variance of the "
-            "layer's BatchNorm inputs on the images / the scale-0 model's; the mismatch |log(actual var / running var)| (median "
-            "over channels); and the activation drift ‖a − a₀‖/‖a₀‖ of the layer's output.",
+            "Per trunk layer, each value the mean over the layer's BatchNorm layers of a per-channel median: **source var** = a source's "
+            "running variance / base80's; **running** = the policy's running variance / base80's; **actual** = the variance of the "
+            "BatchNorm's input on the images / the scale-0 model's; **mismatch** = |log(actual input variance / running variance)|; "
+            "**‖a‖** = norm of the layer's output / the scale-0 model's (all policies share the same weights).",
             "",
         ]
-        names = list(pol)
-        header = "| layer | " + " | ".join(f"{p}: run var × / actual var × / mismatch / drift" for p in names) + " |"
-        lines += [header, "|---:|" + "---|" * len(names)]
-        run_var = {p: summary_by_depth(pol[p]["bn"], "running_var_ratio_max") for p in names}
-        act_var = {p: summary_by_depth(pol[p]["bn"], "actual_var_ratio_max") for p in names}
-        mism = {p: summary_by_depth(pol[p]["bn"], "log_var_mismatch") for p in names}
+        src = layers["sources"]
+        header = "| layer | " + " | ".join(f"source var {n}" for n in src) + " | " + " | ".join(f"{p}: running / actual / mismatch / ‖a‖" for p in names) + " |"
+        lines += [header, "|---:|" + "---:|" * len(src) + "---|" * len(names)]
+        src_med = {n: by_depth(rows, "median") for n, rows in src.items()}
+        run_var = {p: by_depth(pol[p]["bn"], "running_var_ratio_median") for p in names}
+        act_var = {p: by_depth(pol[p]["bn"], "actual_var_ratio_median") for p in names}
+        mism = {p: by_depth(pol[p]["bn"], "log_var_mismatch") for p in names}
         for i in sorted(next(iter(run_var.values()))):
-            cells = [f"{run_var[p][i]:.2f} / {act_var[p][i]:.2f} / {mism[p][i]:.2f} / {pol[p]['drift'][i]:.2f}" if i < len(pol[p]["drift"]) else f"{run_var[p][i]:.2f} / {act_var[p][i]:.2f} / {mism[p][i]:.2f} / —" for p in names]
+            norm = {p: (f"{pol[p]['norm_ratio'][i]:.2f}" if i < len(pol[p]["norm_ratio"]) else "—") for p in names}
+            cells = [f"{src_med[n][i]:.2f}" for n in src] + [f"{run_var[p][i]:.2f} / {act_var[p][i]:.2f} / {mism[p][i]:.2f} / {norm[p]}" for p in names]
             lines.append(f"| {i} | " + " | ".join(cells) + " |")
         lines += ["", *explanation(run), ""]
     return "\n".join(lines)
@@ -321,27 +340,37 @@ def markdown(runs: dict[str, Any]) -> str:
 
 def explanation(run: dict[str, Any]) -> list[str]:
     """The measured story in sentences (numbers from this run)."""
-    pol = run["layers"]["policies"]
+    layers = run["layers"]
+    pol = layers["policies"]
     out = ["### Reading", ""]
-    if "merge" in pol and "base" in pol:
-        rv = summary_by_depth(pol["merge"]["bn"], "running_var_ratio_max")
-        av = summary_by_depth(pol["merge"]["bn"], "actual_var_ratio_max")
-        worst = max(rv, key=rv.get)
-        m_merge = sum(r["log_var_mismatch"] for r in pol["merge"]["bn"]) / len(pol["merge"]["bn"])
-        m_base = sum(r["log_var_mismatch"] for r in pol["base"]["bn"]) / len(pol["base"]["bn"])
+    far = list(layers["sources"])[-1]
+    far_rows = layers["sources"][far]
+    above = sum(r["median"] > 1 for r in far_rows) / len(far_rows)
+    out.append(
+        f"- The far fine-tune ({far}) has larger running variances than base80 in {above:.0%} of the shared BatchNorm layers "
+        f"(per-channel median ratio up to {max(r['median'] for r in far_rows):.1f}×, single channels up to {max(r['max'] for r in far_rows):.0f}×): "
+        "its weights grew during fine-tuning."
+    )
+    if "merge" in pol and "base" in pol and "scale 0" in pol:
+        m0, mm, mb = (_mean(pol[p]["bn"], "log_var_mismatch") for p in ("scale 0", "merge", "base"))
+        nm, nb = pol["merge"]["norm_ratio"], pol["base"]["norm_ratio"]
         out.append(
-            f"- At scale {run['probe_scale']:g}, `bn=merge` raises running variances up to {max(rv.values()):.1f}× base80's (layer {worst}) while the "
-            f"actual variance of those inputs changes by at most {av[worst]:.2f}× there: the statistics move {run['probe_scale']:g} of the way to the far "
-            "fine-tune's, whose variances are many times base80's, but the weights (and so the activations) have moved only a little."
+            f"- `bn=merge` moves every shared running variance {run['probe_scale']:g} of the way to those: the median channel's running variance "
+            f"rises up to {max(by_depth(pol['merge']['bn'], 'running_var_ratio_median').values()):.2f}× base80's, while the median channel's actual input variance "
+            f"stays near 1× (the weights moved {run['probe_scale']:g} of the way). Running and actual statistics disagree (mean mismatch {mm:.2f} vs "
+            f"{m0:.2f} for the scale-0 model on the same images), so each layer divides by too large a σ and the output shrinks layer after "
+            f"layer: ‖a‖/‖a₀‖ = {min(nm):.2f} at its lowest (layer {nm.index(min(nm))}). The features the class branches read fade out: the cliff."
         )
         out.append(
-            f"- The mismatch |log(actual/running variance)| averages {m_merge:.2f} over the shared BatchNorm layers with `bn=merge` vs {m_base:.2f} with `bn=base`; "
-            f"each mismatched layer rescales its output, and the errors compound: activation drift at the last trunk layer {pol['merge']['drift'][-1]:.2f} (merge) vs {pol['base']['drift'][-1]:.2f} (base)."
+            f"- `bn=base` keeps statistics that fit the median channel (mismatch {mb:.2f}), but the same 5 % weight step makes a few channels "
+            f"explode (actual input variance up to {max(by_depth(pol['base']['bn'], 'actual_var_ratio_max', 'max').values()):.0f}× in one channel; "
+            f"‖a‖/‖a₀‖ up to {max(nb):.2f}): better than `merge`, still far from scale 0."
         )
-        for p in ("mixture", "quadratic", "geometric", "recalibrate"):
-            if p in pol:
-                mp = sum(r["log_var_mismatch"] for r in pol[p]["bn"]) / len(pol[p]["bn"])
-                out.append(f"- `{p}`: mean mismatch {mp:.2f}, drift at the last trunk layer {pol[p]['drift'][-1]:.2f}.")
+    for p in ("geometric", "mixture", "quadratic", "recalibrate"):
+        if p in pol:
+            n = pol[p]["norm_ratio"]
+            out.append(f"- `{p}`: mean mismatch {_mean(pol[p]['bn'], 'log_var_mismatch'):.2f}; ‖a‖/‖a₀‖ between {min(n):.2f} and {max(n):.2f}.")
+    out.append("- Data-free statistics cannot follow weights that moved along a far fine-tune's direction: the cure is not to share those layers (branches) or to re-estimate them while training on images (repair); see `union_frontier.md`.")
     return out
 
 
@@ -350,8 +379,9 @@ def plot(runs: dict[str, Any], path: Path) -> None:
 
     run = runs.get("cpu") or next(iter(runs.values()))
     tasks = run["tasks"]
-    pol = run["layers"]["policies"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    layers = run["layers"]
+    pol = layers["policies"]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.2))
     ax = axes[0]
     zero = next((r for r in run["table"] if r["scale"] == 0 and r["bn"] == "merge" and "error" not in r), None)
     for p in dict.fromkeys(r["bn"] for r in run["table"]):
@@ -361,27 +391,35 @@ def plot(runs: dict[str, Any], path: Path) -> None:
         rows.sort(key=lambda r: r["scale"])
         for t, style in zip(tasks, ("-", "--")):
             ax.plot([r["scale"] for r in rows], [r[t] for r in rows], style, marker="o", ms=3, color=COLORS.get(p), label=f"{p}: {t}")
-    ax.set(xlabel="scale λ (base + λ(τ_night + τ_raccoon))", ylabel="mAP50-95 (val)", title="mAP per BatchNorm policy")
+    ax.set(xlabel="scale λ  (base80 + λ·(τ_night + τ_raccoon))", ylabel="mAP50-95 on val (solid fruit80-night, dashed raccoon)", title="mAP per BatchNorm policy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     ax = axes[1]
+    for n, rows in layers["sources"].items():
+        d = by_depth(rows, "median")
+        ax.plot(list(d), list(d.values()), ":", color="black" if n == list(layers["sources"])[-1] else "gray", marker="x", ms=4, label=f"{n} / base80 (source)")
     for p in pol:
-        rv = summary_by_depth(pol[p]["bn"], "running_var_ratio_max")
-        ax.plot(list(rv), list(rv.values()), marker="o", ms=3, color=COLORS.get(p), label=f"{p}: running var")
-    av = summary_by_depth(pol[next(iter(pol))]["bn"], "actual_var_ratio_max")
-    ax.plot(list(av), list(av.values()), "k--", marker="x", ms=4, label="actual input var (same weights for all)")
+        if p == "scale 0":
+            continue
+        d = by_depth(pol[p]["bn"], "running_var_ratio_median")
+        a = by_depth(pol[p]["bn"], "actual_var_ratio_median")
+        ax.plot(list(d), list(d.values()), "-", color=COLORS.get(p), marker="o", ms=3, label=f"{p}: running var")
+        ax.plot(list(a), list(a.values()), "--", color=COLORS.get(p), lw=1, label=f"{p}: actual input var")
     ax.set_yscale("log")
     ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set(xlabel="trunk layer", ylabel=f"max over channels: variance / base80's (scale {run['probe_scale']:g})", title="running statistics vs what the layers see")
+    ax.set(xlabel="trunk layer", ylabel="variance / base80's (per-channel median)", title=f"running vs actual variance at scale {run['probe_scale']:g}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6.5, ncol=2)
     ax = axes[2]
     for p in pol:
-        ax.plot(range(len(pol[p]["drift"])), pol[p]["drift"], marker="o", ms=3, color=COLORS.get(p), label=p)
-    ax.set(xlabel="trunk layer", ylabel="‖a − a₀‖ / ‖a₀‖ (vs scale 0)", title=f"activation drift at scale {run['probe_scale']:g}")
+        color = "black" if p == "scale 0" else COLORS.get(p)
+        ax.plot(range(len(pol[p]["norm_ratio"])), pol[p]["norm_ratio"], marker="o", ms=3, color=color, label=p)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set(xlabel="trunk layer", ylabel="‖a‖ / ‖a₀‖ (layer output vs scale-0 model)", title=f"activation scale at scale {run['probe_scale']:g}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(f"Domain cliff of merge(base80, [fruit-night, raccoon], classes=union): BatchNorm statistics, layer by layer ({run['environment']['device'].split(' ')[0]}, imgsz {run['config']['imgsz']})", fontsize=11)
+    fig.suptitle(f"Domain cliff of merge(base80, [fruit-night, raccoon], classes=union): BatchNorm statistics layer by layer ({run['environment']['device'].split(' ')[0]}, imgsz {run['config']['imgsz']}, {run['probe_images']} val images)", fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -58,6 +58,8 @@ DEFAULTS = {
     "shares": "0,2,4,6,9,11,13,16,19,22",
     "epochs": "1,3,10",
     "starts": "merge,base80,labels",
+    "compare_epochs": "1,3",  # epochs of the base80 and true-label runs (the merge's repair runs to max(epochs))
+    "mode": "pseudo",
     "conf": "0.25",
     "lr0": "0.001",
     "calib": "0.2",
@@ -249,21 +251,22 @@ def shares(setup: Setup, points: Points, chosen: dict[str, Any] | None) -> list[
     return rows
 
 
-def repairs(setup: Setup, points: Points, chosen: dict[str, Any] | None) -> list[dict[str, Any]]:
+def repairs(setup: Setup, points: Points, chosen: dict[str, Any] | None, starts: list[str]) -> list[dict[str, Any]]:
     """Repair from the chosen merge, from base80, and true labels from the chosen merge; snapshots per epoch."""
     from yolo_taskvec.branches import gflops
     from yolo_taskvec.repair import fine_tune, image_list, pseudo_label
 
     args = setup.args
-    epochs = sorted({int(e) for e in as_floats(args["epochs"])})
-    last = max(epochs)
     fit_images = image_list(setup.fit_lists)
     calib_yaml = setup.work / "calib-union.yaml"  # Ultralytics' val split during training: the four calibration views
     calib_yaml.write_text(f"path: {setup.work / 'views-calib'}\nval: {json.dumps([str(Path(v).with_suffix('') / 'images' / 'val') for v in setup.calib_views])}\ntrain: {json.dumps([str(Path(v).with_suffix('') / 'images' / 'val') for v in setup.calib_views])}\nnames:\n" + "".join(f"  {i}: {json.dumps(n)}\n" for i, n in setup.union.names.items()))
     rows = []
-    for start in [s for s in args["starts"].split(",") if s]:
+    for start in starts:
+        epochs = sorted({int(e) for e in as_floats(args["epochs"] if start == "merge" else args["compare_epochs"])})
+        last = max(epochs)
         cfg = chosen if start in ("merge", "labels") else {"method": "task_arithmetic", "bn": "merge", "scale": 0.0}
-        folder = setup.work / "repair" / f"{start}-{cfg['method']}-{cfg['bn']}-{cfg['scale']:g}-conf{args['conf']}-lr{args['lr0']}-e{last}"
+        mode = "labels" if start == "labels" else args["mode"]
+        folder = setup.work / "repair" / f"{start}-{cfg['method']}-{cfg['bn']}-{cfg['scale']:g}-{mode}-conf{args['conf']}-lr{args['lr0']}-e{last}"
         done = folder / "done.json"
         if not done.exists():
             model = _datafree_model(setup, cfg)
@@ -280,7 +283,10 @@ def repairs(setup: Setup, points: Points, chosen: dict[str, Any] | None) -> list
             def on_epoch_end(trainer: Any, t0: float = t0, c0: float = c0, clock: list = clock) -> None:
                 clock.append({"epoch": trainer.epoch + 1, "wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0})
 
-            fine_tune(model.model, data, folder / "train", epochs=last, imgsz=setup.imgsz, batch=setup.batch, lr0=float(args["lr0"]), device=setup.device, seed=int(args["seed"]), save_period=1, callbacks={"on_train_epoch_end": on_epoch_end})
+            teach = {}
+            if mode == "distill":
+                teach = {"teachers": [s.module for s in (setup.base, *setup.sources)], "rows": [sorted(setup.union.remap(n).items()) for n in setup.union.task_names]}
+            fine_tune(model.model, data, folder / "train", epochs=last, imgsz=setup.imgsz, batch=setup.batch, lr0=float(args["lr0"]), device=setup.device, seed=int(args["seed"]), save_period=1, callbacks={"on_train_epoch_end": on_epoch_end}, **teach)
             counts = (folder / "data" / "counts.txt").read_text().strip() if (folder / "data" / "counts.txt").exists() else "true labels"
             done.write_text(json.dumps({"labelled": labelled, "clock": clock, "labels": counts}))
         info = json.loads(done.read_text())
@@ -291,7 +297,7 @@ def repairs(setup: Setup, points: Points, chosen: dict[str, Any] | None) -> list
             calib = points.get(f"repair-calib|{folder.name}|{e}", lambda s=snapshot: setup.score(str(s), "calib"))
             val = points.get(f"repair-val|{folder.name}|{e}", lambda s=snapshot: setup.score(str(s), "val"))
             clock = next(c for c in info["clock"] if c["epoch"] == e)
-            rows.append({"start": start, "from": cfg, "epochs": e, "cpu_minutes": clock["cpu"] / 60, "wall_minutes": clock["wall"] / 60, "labelling_cpu_minutes": info["labelled"]["cpu"] / 60, "labels": info["labels"], "calib": calib, "val": val, "run": str(folder)})
+            rows.append({"start": start, "mode": mode, "from": cfg, "epochs": e, "cpu_minutes": clock["cpu"] / 60, "wall_minutes": clock["wall"] / 60, "labelling_cpu_minutes": info["labelled"]["cpu"] / 60, "labels": info["labels"], "calib": calib, "val": val, "run": str(folder)})
             print(f"repair from {start} after {e} epochs ({clock['cpu'] / 60:.1f} CPU min): val mean {val['mean']:.3f} min {val['min']:.3f}", flush=True)
     cost = points.get(f"repair-gflops|{setup.imgsz}", lambda: {"gflops": gflops(_datafree_model(setup, chosen or {"method": "task_arithmetic", "bn": "merge", "scale": 0.0}), setup.imgsz)})["gflops"]
     for r in rows:
@@ -319,16 +325,28 @@ def main(argv: list[str]) -> None:
         "specialists": setup.specialists,
         "one_model_gflops": setup.one_model_gflops,
     }
-    df = datafree(setup, points) if "datafree" in sections or "share" in sections or "repair" in sections else None
+    kind = device_kind(args["device"])
+
+    def checkpoint() -> None:  # results so far, so an interrupted run still leaves its tables and plot
+        result["minutes"] = (time.perf_counter() - start) / 60
+        result["load_average_end"] = load_average()
+        write_outputs("union_frontier", result, args["out"], kind=kind, markdown=markdown, plot=plot)
+
+    df = datafree(setup, points)
     result["datafree"] = df
-    chosen = df["chosen"] if df else None
+    chosen = df["chosen"]
+    checkpoint()
+    starts = [s for s in args["starts"].split(",") if s] if "repair" in sections else []
+    if "merge" in starts:  # the user's path first: repair of the chosen merge
+        result["repair"] = repairs(setup, points, chosen, ["merge"])
+        checkpoint()
     if "share" in sections:
         result["shares"] = shares(setup, points, chosen)
-    if "repair" in sections:
-        result["repair"] = repairs(setup, points, chosen)
-    result["minutes"] = (time.perf_counter() - start) / 60
-    result["load_average_end"] = load_average()
-    write_outputs("union_frontier", result, args["out"], kind=device_kind(args["device"]), markdown=markdown, plot=plot)
+        checkpoint()
+    others = [s for s in starts if s != "merge"]
+    if others:
+        result["repair"] = result.get("repair", []) + repairs(setup, points, chosen, others)
+        checkpoint()
 
 
 # ----------------------------------------------------------------------------------------------- report

@@ -67,9 +67,10 @@ def test_repair_one_epoch_with_ultralytics_trainer(base_model, raccoon, union, t
 
 
 def test_merge_with_repair_through_the_api(base_model, raccoon, tmp_path):
-    repaired = merge(base_model, [raccoon], scale=0.1, classes="union", share=22, repair=1, images=[str(p) for p in few_images(2)], repair_out=str(tmp_path / "run"), imgsz=160)
+    """share=22 branches repaired with distillation from the sources (each teacher on its own levels)."""
+    repaired = merge(base_model, [raccoon], scale=0.1, classes="union", share=22, repair=1, repair_mode="distill", images=[str(p) for p in few_images(2)], repair_out=str(tmp_path / "run"), imgsz=160)
     record = repaired.ckpt["taskvec"]["repair"]
-    assert record["epochs"] == 1 and record["images"] == 4 and repaired.ckpt["taskvec"]["share"] == 22
+    assert record["epochs"] == 1 and record["images"] == 4 and record["mode"] == "distill" and repaired.ckpt["taskvec"]["share"] == 22
     assert repaired.model.model[-1].nl == 6  # branches are repaired as they are
 
 
@@ -93,3 +94,30 @@ def test_repair_refusals(base_model, raccoon, union, tmp_path):
     with pytest.raises(MismatchError, match="not in the union"):
         repair(union, [base_model, load_model(weight("yolo26n-bccd.pt"))], few_images(1), epochs=1, out=tmp_path / "r")
     assert image_list([data_yaml("raccoon.yaml")])[0].suffix == ".jpg"  # a dataset yaml gives its train images
+
+
+def test_distillation_targets_are_each_teachers_own_classes_and_anchors():
+    """The distillation term is smallest where the student's logits and boxes equal each teacher's, on the teacher's
+    classes (union ids) and anchors (the same anchors for one trunk, the teacher's own levels for branches)."""
+    from yolo_taskvec.repair import DistillLoss
+
+    g = torch.Generator().manual_seed(0)
+    teachers = [{"scores": torch.randn(2, 3, 50, generator=g), "boxes": torch.rand(2, 4, 50, generator=g) * 5}, {"scores": torch.randn(2, 1, 50, generator=g), "boxes": torch.rand(2, 4, 50, generator=g) * 5}]
+    rows = [[(0, 0), (1, 1), (2, 2)], [(0, 3)]]
+    loss = DistillLoss.__new__(DistillLoss)
+    loss.rows = rows
+    for layout in ("trunk", "branches"):
+        if layout == "trunk":  # one set of anchors: the student's box branch cannot match two teachers; its logits can
+            scores = torch.cat([teachers[0]["scores"], teachers[1]["scores"]], 1)
+            boxes = teachers[0]["boxes"].clone()
+        else:  # each teacher's anchors in its own levels
+            scores = torch.full((2, 4, 100), -30.0)
+            scores[:, :3, :50], scores[:, 3:, 50:] = teachers[0]["scores"], teachers[1]["scores"]
+            boxes = torch.cat([teachers[0]["boxes"], teachers[1]["boxes"]], 2)
+        best = loss._head_loss({"scores": scores, "boxes": boxes}, teachers, 0.5, 7.5)
+        for noise in (0.3, 1.0):
+            worse = loss._head_loss({"scores": scores + noise * torch.randn(scores.shape, generator=g), "boxes": boxes + noise}, teachers, 0.5, 7.5)
+            assert worse > best
+        swapped = scores.clone()
+        swapped[:, [0, 3]] = swapped[:, [3, 0]]  # a teacher's targets on another class's logit cost more
+        assert loss._head_loss({"scores": swapped, "boxes": boxes}, teachers, 0.5, 7.5) > best

@@ -30,6 +30,12 @@ BatchNorm
     task's own statistics. The yaml's ``nc`` is the union's, but the widened head is not what the yaml builds, so
     fine-tuning a union checkpoint further is untested.
 
+Sharing less, repairing with images
+    ``share=k`` (``branches.py``) shares only layers ``0..k-1`` and gives every source its own remaining layers and
+    Detect levels (exact branches: ``share=0`` reproduces every source, at T× the compute); ``share`` equal to the
+    head's index is this module's one-trunk union. ``repair=<epochs>`` with ``images=`` (``repair.py``) fine-tunes
+    the result on unlabeled images pseudo-labelled by the sources themselves.
+
 ``union_data`` writes, for each dataset yaml, a view whose labels use the union ids (images are symlinked per file).
 """
 

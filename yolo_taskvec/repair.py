@@ -13,6 +13,10 @@
    on the repair images as training goes. The schedule is flat (AdamW at ``lr0``, no warmup, mosaic as set for the
    whole run), so the model after epoch ``e`` of a longer repair is what ``epochs=e`` gives.
 
+``mode="distill"`` adds, on every training batch, the specialists' own outputs as targets (``DistillLoss``: their class
+probabilities for the student's logits of the same classes at every anchor, their box distances where they are
+confident), at the price of one forward pass of every specialist per batch.
+
 The result is the trained EMA model as a ready ``ultralytics.YOLO`` (a standard checkpoint once saved).
 """
 
@@ -31,7 +35,7 @@ from torch import nn
 from .checkpoint import ModelLike, load_model
 from .errors import DataError, OutputError, TaskVecError
 
-REPAIR_MODES = ("pseudo",)
+REPAIR_MODES = ("pseudo", "distill")
 DEFAULT_LR0 = 0.001
 VAL_IMAGES = 32  # pseudo-labelled images held as Ultralytics' val split when no labelled val data is given
 
@@ -219,13 +223,18 @@ def fine_tune(
     save_period: int = -1,
     val: bool = False,
     callbacks: Mapping[str, Any] | None = None,
+    teachers: Sequence[nn.Module] | None = None,
+    rows: Sequence[Sequence[tuple[int, int]]] | None = None,
+    distill: float = 1.0,
     **train_args: Any,
 ) -> nn.Module:
     """Train ``module`` itself (not a rebuild from its yaml) with Ultralytics' DetectionTrainer; returns the EMA model.
 
     Flat schedule: AdamW at ``lr0``, no warmup, ``lrf=1``, ``close_mosaic=0`` (override with ``train_args``).
     Run files (weights, args, results.csv, ``epoch<N>.pt`` with ``save_period``) go to ``out``. ``callbacks``:
-    Ultralytics callback events -> functions of the trainer (e.g. ``on_train_epoch_end``).
+    Ultralytics callback events -> functions of the trainer (e.g. ``on_train_epoch_end``). ``teachers`` with
+    ``rows`` (per teacher: its (own id, union id) pairs): add their logit and box distillation (``DistillLoss``,
+    weight ``distill``) to the detection loss.
     """
     from ultralytics.models.yolo.detect import DetectionTrainer
 
@@ -258,6 +267,8 @@ def fine_tune(
         **train_args,
     }
     trainable = _trainable_copy(module)
+    if teachers:
+        trainable.criterion = DistillLoss(trainable, teachers, rows or [], distill)
     trainer = DetectionTrainer(overrides=overrides)
     trainer.model = trainable
     for event, fn in (callbacks or {}).items():
@@ -287,6 +298,80 @@ class _nothing:
 
     def __exit__(self, *exc: Any) -> None:
         return None
+
+
+# ----------------------------------------------------------------------------------------------- distillation
+class DistillLoss:
+    """Ultralytics' detection loss plus logit and box distillation from the specialists on every training batch.
+
+    For every anchor of every batch (augmented images), each teacher's class probabilities are soft targets for the
+    student's logits of the same classes (BCE, normalized like Ultralytics' class loss by the targets' total), and
+    its raw box distances are targets for the student's, weighted by the teacher's top class probability at that
+    anchor (smooth L1). Both the one-to-many and the one-to-one heads are distilled. A one-trunk union shares its
+    anchors with every teacher; a ``share=k`` union holds each teacher's anchors in its own levels.
+    """
+
+    def __init__(self, model: nn.Module, teachers: Sequence[nn.Module], rows: Sequence[Sequence[tuple[int, int]]], weight: float = 1.0):
+        self.model = model
+        self.teachers = [t.float().eval() for t in teachers]
+        for t in self.teachers:
+            for p in t.parameters():
+                p.requires_grad_(False)
+        self.rows = [list(r) for r in rows]
+        self.weight = float(weight)
+        self.base: Any = None
+
+    def update(self) -> None:
+        if self.base is not None and hasattr(self.base, "update"):
+            self.base.update()
+
+    def __call__(self, preds: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        if self.base is None:
+            self.base = self.model.init_criterion()
+        loss, items = self.base(preds, batch)
+        if self.weight <= 0:
+            return loss, items
+        preds = preds[1] if isinstance(preds, tuple) else preds  # validation passes (decoded, raw)
+        images = batch["img"]
+        with torch.no_grad():
+            outputs = [_raw_heads(t.to(images.device), images) for t in self.teachers]
+        hyp = self.model.args
+        extra = images.new_zeros(())
+        for head in ("one2many", "one2one") if "one2one" in preds else (None,):
+            student = preds[head] if head else preds
+            extra = extra + self._head_loss(student, [o[head] if head else o for o in outputs], float(getattr(hyp, "cls", 0.5)), float(getattr(hyp, "box", 7.5)))
+        return loss + self.weight * extra * images.shape[0], items
+
+    def _head_loss(self, student: Mapping[str, torch.Tensor], teachers: Sequence[Mapping[str, torch.Tensor]], cls_gain: float, box_gain: float) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        scores, boxes = student["scores"], student["boxes"]
+        anchors = scores.shape[-1]
+        cls_loss = box_loss = scores.new_zeros(())
+        cls_norm = box_norm = scores.new_zeros(())
+        for s, (teacher, rows) in enumerate(zip(teachers, self.rows)):
+            t_scores, t_boxes = teacher["scores"].float(), teacher["boxes"].float()
+            n = t_scores.shape[-1]
+            span = slice(0, n) if n == anchors else slice(s * n, (s + 1) * n)
+            if not rows:
+                continue
+            old = torch.tensor([o for o, _ in rows], device=scores.device)
+            new = torch.tensor([w for _, w in rows], device=scores.device)
+            target = t_scores.index_select(1, old).sigmoid()
+            mine = scores[:, :, span].index_select(1, new)
+            cls_loss = cls_loss + F.binary_cross_entropy_with_logits(mine, target, reduction="sum")
+            cls_norm = cls_norm + target.sum()
+            weight = target.max(1).values.unsqueeze(1)  # (B, 1, n): how sure the teacher is at each anchor
+            box_loss = box_loss + (F.smooth_l1_loss(boxes[:, :, span], t_boxes, reduction="none") * weight).sum()
+            box_norm = box_norm + weight.sum() * boxes.shape[1]
+        return cls_gain * cls_loss / cls_norm.clamp(min=1.0) + box_gain * box_loss / box_norm.clamp(min=1.0)
+
+
+def _raw_heads(model: nn.Module, images: torch.Tensor) -> dict[str, Any]:
+    """The Detect head's raw outputs (boxes, class logits per anchor) of a model in eval mode."""
+    out = model(images)
+    raw = out[1] if isinstance(out, tuple) else out
+    return raw
 
 
 # ----------------------------------------------------------------------------------------------- API
@@ -327,7 +412,13 @@ def repair_module(
     check_run_folder(out, files)
     names = {int(k): str(v) for k, v in module.names.items()}
     data = pseudo_label(specialists, files, names, out, conf=conf, iou=iou, imgsz=imgsz, batch=batch, device=device, val=val, progress=progress)
-    trained = fine_tune(module, data, out / "train", epochs=epochs, imgsz=imgsz, batch=batch, lr0=lr0, device=device, workers=workers, seed=seed, **train_args)
+    teach = {}
+    if mode == "distill":
+        from .heads import ClassUnion, class_names
+
+        union = ClassUnion(names, {})
+        teach = {"teachers": [load_model(m).module for m in specialists], "rows": [sorted(union.remap(class_names(m)).items()) for m in specialists]}
+    trained = fine_tune(module, data, out / "train", epochs=epochs, imgsz=imgsz, batch=batch, lr0=lr0, device=device, workers=workers, seed=seed, **teach, **train_args)
     trained.names = names
     counts = dict(item.split("=") for item in (out / "data" / "counts.txt").read_text().split())
     record = {"epochs": epochs, "mode": mode, "conf": float(conf), "images": len(files), "pseudo_boxes": int(counts["boxes"]), "lr0": float(lr0), "imgsz": int(imgsz), "run": str(out)}
