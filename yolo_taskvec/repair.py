@@ -226,6 +226,7 @@ def fine_tune(
     teachers: Sequence[nn.Module] | None = None,
     rows: Sequence[Sequence[tuple[int, int]]] | None = None,
     distill: float = 1.0,
+    freeze_bn: bool = False,
     **train_args: Any,
 ) -> nn.Module:
     """Train ``module`` itself (not a rebuild from its yaml) with Ultralytics' DetectionTrainer; returns the EMA model.
@@ -234,7 +235,8 @@ def fine_tune(
     Run files (weights, args, results.csv, ``epoch<N>.pt`` with ``save_period``) go to ``out``. ``callbacks``:
     Ultralytics callback events -> functions of the trainer (e.g. ``on_train_epoch_end``). ``teachers`` with
     ``rows`` (per teacher: its (own id, union id) pairs): add their logit and box distillation (``DistillLoss``,
-    weight ``distill``) to the detection loss.
+    weight ``distill``) to the detection loss. ``freeze_bn``: BatchNorm layers run in eval mode throughout (their
+    running statistics stay as they are; their affine weights still train).
     """
     from ultralytics.models.yolo.detect import DetectionTrainer
 
@@ -273,6 +275,8 @@ def fine_tune(
     trainer.model = trainable
     for event, fn in (callbacks or {}).items():
         trainer.add_callback(event, fn)
+    if freeze_bn:
+        trainer.add_callback("on_train_batch_start", _batchnorm_eval)
     with no_label_cache_writes() if not str(data).startswith(str(out)) else _nothing():
         trainer.train()
     ema = getattr(trainer, "ema", None)
@@ -280,6 +284,13 @@ def fine_tune(
     for p in result.parameters():
         p.requires_grad_(False)
     return result
+
+
+def _batchnorm_eval(trainer: Any) -> None:
+    """Keep every BatchNorm in eval mode (Ultralytics puts the model in train mode at each epoch's start)."""
+    for m in trainer.model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def _trainable_copy(module: nn.Module) -> nn.Module:
