@@ -98,6 +98,11 @@ ARGS: dict[str, Arg] = {
     "device": Arg(None, _str, "device for merging and validation: cpu, 0, cuda:1, mps (default: Ultralytics' choice for val, CPU merges)"),
     "imgsz": Arg(None, _str, "image size for validation and recalibration (default: the base's training size, as YOLO val does)"),
     "force": Arg(False, _str, "apply vectors to a base with another fingerprint"),
+    "share": Arg(None, _str, "classes=union: layers 0..share-1 shared, the rest each model's own, one Detect with every model's levels (0: exact branches)"),
+    "repair": Arg(0, _str, "classes=union: epochs of repair on unlabeled images (pseudo-labels from the merged models themselves)"),
+    "repair_images": Arg(None, _str, "repair: comma-separated image folders, image files or dataset yamls (train images; labels unused)"),
+    "repair_conf": Arg(0.25, _str, "repair: confidence threshold of the pseudo-labels"),
+    "repair_mode": Arg("pseudo", _str, "repair: pseudo (pseudo-labels) or distill (pseudo-labels plus the models' logits and boxes)"),
     # scoring: validated by yolo_taskvec.runs.Scoring
     "data": Arg(None, _str, "dataset yaml(s), comma-separated, e.g. fruit80.yaml,fruit80-night.yaml"),
     "select": Arg(None, _str, "selection split for sweep/search/soup: train:0.2 (seeded 20% of each train set) or one yaml per dataset"),
@@ -155,7 +160,7 @@ YOLO_CLASHES = {
     "workers": "yolo: dataloader worker processes; here: trials run in parallel",
     "seed": "yolo: the training seed; here: the seed of random merge methods and of the selection split",
 }
-RECIPE_KEYS = ("cfg", "base", "models", "vectors", "weights", "method", "scale", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force")
+RECIPE_KEYS = ("cfg", "base", "models", "vectors", "weights", "method", "scale", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force", "share", "repair", "repair_images", "repair_conf", "repair_mode")
 SCORING_KEYS = ("data", "select", "reference", "metric", "objective", "batch", "half", "conf", "iou", "split")
 RUN_KEYS = ("out", "project", "name", "exist_ok", "best", "verbose")
 
@@ -249,7 +254,7 @@ def _method_params(extra: dict[str, str]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- recipes from arguments
-_RAW_RECIPE = ("base", "models", "vectors", "weights", "method", "scale", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force")
+_RAW_RECIPE = ("base", "models", "vectors", "weights", "method", "scale", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force", "share", "repair", "repair_images", "repair_conf", "repair_mode")
 _RAW_SCORING = ("data", "select", "reference", "metric", "objective", "batch", "half", "conf", "iou", "split", "device", "imgsz")
 
 

@@ -30,6 +30,12 @@ BatchNorm
     task's own statistics. The yaml's ``nc`` is the union's, but the widened head is not what the yaml builds, so
     fine-tuning a union checkpoint further is untested.
 
+Sharing less, repairing with images
+    ``share=k`` (``branches.py``) shares only layers ``0..k-1`` and gives every source its own remaining layers and
+    Detect levels (exact branches: ``share=0`` reproduces every source, at T× the compute); ``share`` equal to the
+    head's index is this module's one-trunk union. ``repair=<epochs>`` with ``images=`` (``repair.py``) fine-tunes
+    the result on unlabeled images pseudo-labelled by the sources themselves.
+
 ``union_data`` writes, for each dataset yaml, a view whose labels use the union ids (images are symlinked per file).
 """
 
@@ -149,6 +155,13 @@ def merge_union(
     imgsz: int = 640,
     orthogonalize: bool = False,
     duplicates: str = "mean",
+    share: int | None = None,
+    repair: int | None = None,
+    images: Any = None,
+    repair_conf: float = 0.25,
+    repair_mode: str = "pseudo",
+    repair_out: str | os.PathLike | None = None,
+    device: str | None = None,
     **params: Any,
 ) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Merge task vectors with different class sets into one detector over the union of their classes.
@@ -156,10 +169,21 @@ def merge_union(
     ``vectors`` come from the fine-tunes with their class branches carried (``unmatched="carry"``) and their base
     fingerprints checked (``api.merge`` does both). Shared parts (backbone, neck, box branch; restricted further by
     ``parts``) are merged by ``method``; each task's class branch is kept exactly (see the module docs for the class
-    ids and the head layout). Returns ``(module, merge report, recipe)``.
+    ids and the head layout). ``share=k`` (``0 <= k <`` the head's index) shares only layers ``0..k-1`` and gives
+    every source its own remaining layers and Detect levels (``branches``; ``share=0`` reproduces every source
+    exactly). ``repair=<epochs>`` then fine-tunes the union on unlabeled ``images`` with pseudo-labels from the
+    sources themselves (``repair_conf``, run folder ``repair_out``, ``device``; see ``repair``).
+    Returns ``(module, merge report, recipe)``.
     """
     from . import bn as bn_policy
+    from .branches import check_same_base_architecture, check_share
     from .merging import merge_states
+    from .repair import check_repair
+
+    if repair is not None and repair != 0:
+        repair = check_repair(repair, images, repair_conf, repair_mode)
+    elif images is not None:
+        raise TaskVecError("images= are the unlabeled images of a repair; pass repair=<epochs> as well (e.g. repair=3).")
 
     if duplicates not in DUPLICATE_RULES:
         raise TaskVecError(f"unknown duplicates rule '{duplicates}'; choose one of {', '.join(DUPLICATE_RULES)}.")
@@ -167,8 +191,30 @@ def merge_union(
     if not vectors:
         raise TaskVecError("no models to merge.")
     head = _check_detect(b)
+    check_same_base_architecture(b, vectors)
+    share = check_share(share, b) if share is not None else None
     union = union_classes(b.names, [_vector_names(tv) for tv in vectors])
     selection = check_selection(parts) if parts is not None else None
+    labels = [b.name, *(tv.meta.get("name", "?") for tv in vectors)]
+    common = {
+        "scale": scale,
+        "weights": weights,
+        "orthogonalize": orthogonalize or None,
+        "classes": "union",
+        "duplicates": duplicates,
+        "union_tasks": labels,
+        "union_mapping": [[t, old, new] for (t, old), new in sorted(union.mapping.items())],
+    }
+    if share is not None and share < b.layout.head_index:
+        from .branches import merge_branches
+
+        rows = branch_rows(union, len(labels), duplicates)
+        module, report, extra = merge_branches(
+            b, vectors, share=share, names=union.names, rows=rows, labels=labels, method=method, scale=scale, weights=weights, bn=bn, bn_data=bn_data,
+            bn_batches=bn_batches, parts=selection, seed=seed, imgsz=imgsz, orthogonalize=orthogonalize, params=params,
+        )
+        recipe = {**common, "union_own_branches": list(range(len(labels))), **extra}
+        return _repaired(module, b, vectors, recipe, repair, images, repair_conf, repair_mode, repair_out, imgsz, device), report, recipe
     own = [not _shares_base_classes(b, tv, union.task_names[i + 1]) for i, tv in enumerate(vectors)]
     shared = [_shared_vector(b, tv, selection, keep_cls=not own_branch) for tv, own_branch in zip(vectors, own)]
     state, report = merge_states(b.state, shared, method, weights=weights, scale=scale, params=params, bn=bn, seed=seed, layout=b.layout, orthogonalize=orthogonalize)
@@ -180,19 +226,37 @@ def merge_union(
     tasks = [0, *(i + 1 for i, o in enumerate(own) if o)]
     if len(tasks) > 1:
         branches = {0: state, **{i + 1: _task_state(b, tv) for i, tv in enumerate(vectors) if own[i]}}
-        labels = [b.name, *(tv.meta.get("name", "?") for tv in vectors)]
         _install_union_head(module, b, head, union, tasks, branches, duplicates, [labels[t] for t in tasks])
-    recipe = {
-        "scale": scale,
-        "weights": weights,
-        "orthogonalize": orthogonalize or None,
-        "classes": "union",
-        "duplicates": duplicates,
-        "union_tasks": [b.name, *(tv.meta.get("name", "?") for tv in vectors)],
-        "union_own_branches": tasks,
-        "union_mapping": [[t, old, new] for (t, old), new in sorted(union.mapping.items())],
-    }
-    return module, report, recipe
+    extra = {"share": share} if share is not None else {}
+    recipe = {**common, "union_own_branches": tasks, **extra}
+    return _repaired(module, b, vectors, recipe, repair, images, repair_conf, repair_mode, repair_out, imgsz, device), report, recipe
+
+
+def _repaired(module: nn.Module, b: LoadedModel, vectors: Sequence[TaskVector], recipe: dict[str, Any], epochs: int | None, images: Any, conf: float, mode: str, out: Any, imgsz: int, device: str | None) -> nn.Module:
+    """``module`` repaired for ``epochs`` on ``images`` (``recipe["repair"]`` records it), or ``module`` itself."""
+    if not epochs:
+        return module
+    from .branches import source_state
+    from .repair import repair_module
+
+    specialists = [b.module] + [build_module(b, source_state(b, tv), target_yaml=tv.meta.get("target_yaml"), names=_vector_names(tv)) for tv in vectors]
+    repaired, record = repair_module(module, specialists, images, epochs=epochs, conf=conf, mode=mode, out=out, imgsz=imgsz, device=device)
+    recipe["repair"] = record
+    return repaired
+
+
+def branch_rows(union: ClassUnion, tasks: int, duplicates: str) -> list[list[tuple[int, int]]]:
+    """Per source (task order): the (own id, union id) pairs its branch scores.
+
+    A class several sources own is scored by each of them (their detections compete in one top-k/NMS), or only by
+    the first with ``duplicates="first"``.
+    """
+    owners = union.owners
+    rows: list[list[tuple[int, int]]] = [[] for _ in range(tasks)]
+    for (t, old), new in sorted(union.mapping.items()):
+        if duplicates != "first" or owners[new][0] == (t, old):
+            rows[t].append((old, new))
+    return rows
 
 
 def _check_detect(b: LoadedModel) -> nn.Module:

@@ -76,8 +76,11 @@ def merge_provenance(recipe: Any, prepared: Any, report: Mapping[str, Any], extr
         "base_fingerprint": prepared.base.fingerprint,
         "report": dict(report),
     }
+    extra = dict(extra)
+    if "repair" in extra:  # where a standalone repair() records it too
+        doc["repair"] = extra.pop("repair")
     if extra:
-        doc["union"] = dict(extra)
+        doc["union"] = extra
     if selection:
         doc["selection"] = dict(selection)
     return plain(doc)

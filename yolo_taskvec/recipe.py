@@ -41,6 +41,9 @@ PART_KEYS = ("*", "head", *PARTS)
 MODEL_SUFFIXES = (".pt", ".safetensors")
 MAX_BN_BATCHES = 10_000
 MIN_IMGSZ, MAX_IMGSZ = 32, 4096
+REPAIR_MODES = ("pseudo", "distill")
+MAX_REPAIR_EPOCHS = 300
+MAX_SHARE = 1000  # the real bound (the base's head index) is checked against the loaded base
 
 
 class RecipeError(TaskVecError):
@@ -271,6 +274,11 @@ class Recipe:
     device: str | None = None
     imgsz: int | None = None
     force: bool = False
+    share: int | None = None
+    repair: int = 0
+    repair_images: tuple[str, ...] = ()
+    repair_conf: float = 0.25
+    repair_mode: str = "pseudo"
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -330,6 +338,8 @@ class Recipe:
         if parts is not None and not parts:
             raise RecipeError("parts is empty; leave it out to merge every part.")
         imgsz = None if self.imgsz is None else parse_int(self.imgsz, "imgsz", MIN_IMGSZ, MAX_IMGSZ)
+        classes = _choice(self.classes, CLASS_POLICIES, "class policy")
+        share, repair, repair_images, repair_conf, repair_mode = self._union_options(classes)
         return dataclasses.replace(
             self,
             base=check_source(self.base, "base"),
@@ -342,7 +352,7 @@ class Recipe:
             bn=bn,
             bn_data=bn_data,
             bn_batches=parse_int(self.bn_batches, "bn_batches", 1, MAX_BN_BATCHES),
-            classes=_choice(self.classes, CLASS_POLICIES, "class policy"),
+            classes=classes,
             duplicates=_choice(self.duplicates, DUPLICATE_RULES, "duplicates rule"),
             unmatched=_choice(self.unmatched, UNMATCHED, "unmatched policy"),
             orthogonalize=parse_bool(self.orthogonalize, "orthogonalize"),
@@ -350,7 +360,29 @@ class Recipe:
             device=check_device(self.device),
             imgsz=imgsz,
             force=parse_bool(self.force, "force"),
+            share=share,
+            repair=repair,
+            repair_images=repair_images,
+            repair_conf=repair_conf,
+            repair_mode=repair_mode,
         )
+
+    def _union_options(self, classes: str) -> tuple[int | None, int, tuple[str, ...], float, str]:
+        """``share`` (trunk layers shared by the union's branches) and the repair options, checked together."""
+        share = None if self.share is None else parse_int(self.share, "share", 0, MAX_SHARE)
+        repair = parse_int(self.repair, "repair (epochs)", 0, MAX_REPAIR_EPOCHS)
+        images = _strings(self.repair_images, "repair_images")
+        conf = parse_number(self.repair_conf, "repair_conf")
+        if not 0 < conf < 1:
+            raise RecipeError(f"repair_conf must be in (0, 1), got {conf:g}.")
+        mode = _choice(self.repair_mode, REPAIR_MODES, "repair mode")
+        if classes != "union" and (share is not None or repair):
+            raise RecipeError(f"{'share' if share is not None else 'repair'} is an option of class-union merges; add classes=union.")
+        if repair and not images:
+            raise RecipeError(f"repair={repair} needs unlabeled images: repair_images= image folders, image files or dataset yamls (their train images; labels unused).")
+        if images and not repair:
+            raise RecipeError("repair_images are the unlabeled images of a repair; add repair=<epochs> (e.g. repair=3).")
+        return share, repair, images, conf, mode
 
     def replace(self, **changes: Any) -> Recipe:
         """A validated copy with some fields changed (``weights=[...]`` and flat method parameters accepted)."""
@@ -533,6 +565,11 @@ seed: 0                          # random methods (dare, della, ...) are reprodu
 device: null                     # merge arithmetic (and validation) device: cpu, 0, cuda:1 (default: CPU merge)
 imgsz: null                      # recalibration image size (default: the base's training size)
 force: false                     # apply vectors extracted from another base
+share: null                      # classes=union: layers 0..share-1 shared, the rest each input's own (0: exact branches)
+repair: 0                        # classes=union: epochs of repair on unlabeled images (pseudo-labels from the inputs)
+repair_images: []                # repair: image folders, image files or dataset yamls (train images; labels unused)
+repair_conf: 0.25                # repair: confidence of the inputs' pseudo-labels
+repair_mode: pseudo              # repair: pseudo (pseudo-labels) or distill (pseudo-labels + the inputs' logits and boxes)
 
 eval:                            # sweep/search scoring
   data: [fruit80.yaml, fruit80-night.yaml]
