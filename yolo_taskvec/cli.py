@@ -346,8 +346,8 @@ def _merge_and_save(args: dict[str, Any], extra: dict[str, str] | None, *, input
     from . import build
     from .api import save
 
+    recipe, _ = _recipe(args, extra, inputs_key=inputs_key, method=method)  # what to merge first, then where to write
     out = get(args, "out", True)
-    recipe, _ = _recipe(args, extra, inputs_key=inputs_key, method=method)
     inputs = [*_inputs_of(args), *(str(i.source) for i in recipe.inputs), str(recipe.base)]
     for path in [out, *_companions(out)]:
         _check_out(path, args, inputs)
