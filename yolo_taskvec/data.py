@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,15 +41,30 @@ def load_data(data: str | os.PathLike, split: str = "val") -> dict[str, Any]:
         raise DataError(f"dataset yaml {text} is malformed: {_reason(e, text)}") from e
 
 
+_PATCHES: dict[tuple[int, str], list[Any]] = {}  # (id(owner), name) -> [original, blocks inside]
+_PATCH_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def patched(owner: Any, name: str, value: Any) -> Iterator[None]:
-    """``owner.name`` is ``value`` inside the block and restored after it (an Ultralytics behaviour switched off)."""
-    original = getattr(owner, name)
-    setattr(owner, name, value)
+    """``owner.name`` is ``value`` inside the block and restored after it (an Ultralytics behaviour switched off).
+
+    Blocks may overlap across threads (the studio scores while a sweep runs): the first one in saves the original,
+    the last one out restores it, so one thread's exit never switches the behaviour back under another's feet.
+    """
+    key = (id(owner), name)
+    with _PATCH_LOCK:
+        entry = _PATCHES.setdefault(key, [getattr(owner, name), 0])
+        entry[1] += 1
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        setattr(owner, name, original)
+        with _PATCH_LOCK:
+            entry[1] -= 1
+            if entry[1] == 0:
+                setattr(owner, name, entry[0])
+                del _PATCHES[key]
 
 
 def _no_font_download() -> contextlib.AbstractContextManager[None]:
