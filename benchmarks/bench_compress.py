@@ -100,9 +100,7 @@ class Task:
 
 
 def night_task(base, args, scales):
-    from yolo_taskvec import TaskVector
-    from yolo_taskvec.evaluation import Evaluator
-    from yolo_taskvec.sweep import Objective
+    from yolo_taskvec import Evaluator, Objective, TaskVector
 
     data = [str(DATASETS / "fruit80.yaml"), str(DATASETS / "fruit80-night.yaml")]
     ev = Evaluator(data, imgsz=int(args["imgsz"]), device=args["device"], progress=False)
@@ -114,10 +112,9 @@ def night_task(base, args, scales):
 
 
 def union_task(base, name: str, tuned_path: str, args, scales):
-    from yolo_taskvec import TaskVector, load_model
-    from yolo_taskvec.checkpoint import build_module, to_yolo
-    from yolo_taskvec.evaluation import Evaluator
-    from yolo_taskvec.merging import merge_states
+    import copy
+
+    from yolo_taskvec import Evaluator, TaskVector, load_model, merge_states
 
     tuned = load_model(tuned_path)
     tv = TaskVector.from_models(base, tuned, parts=SHARED_PARTS, name=name)
@@ -126,7 +123,10 @@ def union_task(base, name: str, tuned_path: str, args, scales):
 
     def build(t, s):  # base + s·τ̂ on the shared parts, the fine-tune's class branch carried whole
         state, _ = merge_states(base.state, [TaskVector(t.deltas, cls, t.meta)], scale=s, layout=base.layout)
-        return to_yolo(build_module(tuned, state), label=f"{name}@{s}")
+        module = copy.deepcopy(tuned.module)  # the fine-tune's architecture (its class count), the merged weights
+        module.load_state_dict({**module.state_dict(), **state}, strict=True)  # counters (num_batches_tracked) kept
+        module.pt_path = None  # a merge in memory, not the fine-tune's file
+        return module.float().eval()
 
     metric = lambda s: float(s[name]["map50_95"])  # noqa: E731
     task = Task(name, tv, scales, ev, build, metric, metric, str(DATASETS / f"{name}.yaml"))
@@ -139,9 +139,7 @@ def union_task(base, name: str, tuned_path: str, args, scales):
 def run(args: dict[str, str]) -> dict:
     import torch
 
-    from yolo_taskvec import TaskVector, load_model
-    from yolo_taskvec.checkpoint import resolve_weights
-    from yolo_taskvec.files import read_header
+    from yolo_taskvec import TaskVector, load_model, resolve_weights
 
     env = environment(args["device"])
     quick = as_bool(args["quick"])
@@ -172,7 +170,7 @@ def run(args: dict[str, str]) -> dict:
                 task.vector.save(path, **{**opts, **own})
                 save_s = time.time() - t1
                 tv = TaskVector.load(path)
-                meta = read_header(path)[0]
+                meta = tv.meta  # the file's header metadata, as read by TaskVector.load
                 points = [task.score(tv, s) for s in task.scales]
                 best = max(points, key=lambda p: p["objective"])
                 rows.append({

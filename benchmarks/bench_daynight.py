@@ -79,13 +79,20 @@ class RememberingEvaluator:
 
     @staticmethod
     def state_key(model: Any) -> str:
-        from yolo_taskvec.evaluation import model_state, source_module
+        """A digest of the weights as the Evaluator scores them (``as_saved``: floats rounded to fp16 unless some
+        exceed fp16's range)."""
+        import torch
 
-        module, _ = source_module(model)
+        from yolo_taskvec import load_model
+
+        state = load_model(model).state  # fp32 on the CPU, whatever the model is (path, YOLO, module)
+        floats = [t for t in state.values() if t.is_floating_point() and t.numel()]
+        if not floats or float(torch.stack([t.abs().amax() for t in floats]).amax()) <= torch.finfo(torch.float16).max:
+            state = {k: (t.half().float() if t.is_floating_point() else t) for k, t in state.items()}
         h = hashlib.sha1()
-        for key, t in sorted(model_state(module, as_saved=True).items()):
+        for key, t in sorted(state.items()):
             h.update(key.encode())
-            h.update(t.contiguous().numpy().tobytes())
+            h.update(t.cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
     def __call__(self, model: Any) -> dict:
@@ -123,7 +130,7 @@ def equivalences(base, tau, zero, methods: list[str]) -> dict[str, str]:
     """Methods whose merge of this one vector gives bit-identical weights to an earlier method's (α = 0.5, bn=merge)."""
     import torch
 
-    from yolo_taskvec.merging import merge_states
+    from yolo_taskvec import merge_states
 
     states: dict[str, dict] = {}
     same: dict[str, str] = {}
@@ -216,8 +223,13 @@ def run_searches(args, base, tau, evaluate, reference, policies, folder: Path, q
 def run(args: dict[str, str]) -> dict:
     import torch
 
-    from yolo_taskvec import BN_POLICIES, TaskVector, load_model
-    from yolo_taskvec.evaluation import Evaluator, quiet_ultralytics
+    from yolo_taskvec import (
+        BN_POLICIES,
+        Evaluator,
+        TaskVector,
+        load_model,
+        quiet_ultralytics,
+    )
 
     quick = as_bool(args["quick"])
     if quick:
@@ -264,7 +276,7 @@ def run(args: dict[str, str]) -> dict:
 
 
 def method_params(methods: list[str]) -> dict[str, dict]:
-    from yolo_taskvec.methods import get_method
+    from yolo_taskvec import get_method
 
     return {m: {p.name: p.default for p in get_method(m).params} for m in methods}
 
@@ -452,7 +464,7 @@ def plot(runs: dict, path: Path) -> None:
     import matplotlib
     from matplotlib.figure import Figure
 
-    from yolo_taskvec.plots import pareto_front
+    from yolo_taskvec import pareto_front
 
     r = runs.get("cuda") or runs["cpu"]
     grid, twins = distinct(r["grid"])

@@ -116,7 +116,7 @@ def objective(scores: dict[str, dict[str, float]], refs: dict[str, dict[str, dic
 
 def intervals(merged: dict[str, Any], sources: dict[str, dict[str, Any]], resamples: int, seed: int) -> dict[str, Any]:
     """Bootstrap intervals on val: each term's ratio to its source (paired images) and the objective (joint)."""
-    from yolo_taskvec.bootstrap import bootstrap, interval
+    from yolo_taskvec import bootstrap, interval
 
     out: dict[str, Any] = {}
     samples = {}
@@ -142,9 +142,13 @@ def run(args: dict[str, str], argv: list[str]) -> dict[str, Any]:
 
     from ultralytics.utils import TQDM
 
-    from yolo_taskvec import TaskVector, load_model, merge
-    from yolo_taskvec.checkpoint import resolve_weights
-    from yolo_taskvec.errors import TaskVecError
+    from yolo_taskvec import (
+        TaskVecError,
+        TaskVector,
+        load_model,
+        merge,
+        resolve_weights,
+    )
 
     start = time.perf_counter()
     env = environment(args["device"])
@@ -222,7 +226,7 @@ def run(args: dict[str, str], argv: list[str]) -> dict[str, Any]:
 
 
 def _interval(stats: Any, metric: str, resamples: int, seed: int) -> dict[str, float]:
-    from yolo_taskvec.bootstrap import interval
+    from yolo_taskvec import interval
 
     return interval(stats, metric, resamples=resamples, seed=seed).to_dict()
 

@@ -128,7 +128,6 @@ def fresh_val(model, data: list[str], tmp: Path, cfg: dict, timer: dict | None =
     from ultralytics import YOLO
 
     from yolo_taskvec import save
-    from yolo_taskvec.data import dataset_name
 
     path = tmp / "merged.pt"
     t = time.perf_counter()
@@ -138,7 +137,7 @@ def fresh_val(model, data: list[str], tmp: Path, cfg: dict, timer: dict | None =
     out = {}
     for d in data:
         m = YOLO(str(path)).val(data=d, imgsz=cfg["imgsz"], batch=cfg["batch"], device=cfg["device"], quantize=cfg["quantize"], plots=False, verbose=False)
-        out[dataset_name(d)] = float(m.box.map)
+        out[Path(d).stem] = float(m.box.map)  # the Evaluator's key for a dataset: its yaml's stem
     path.unlink()
     return out
 
@@ -193,11 +192,8 @@ def run(args: dict[str, str]) -> dict:
     import torchvision  # noqa: F401 - one-time import cost (seconds) kept out of both paths' timings
     from ultralytics.utils.torch_utils import select_device
 
-    from yolo_taskvec import Recipe, TaskVector
+    from yolo_taskvec import Evaluator, Recipe, TaskVector, load_model, quiet_ultralytics
     from yolo_taskvec.build import build_merged, prepare
-    from yolo_taskvec.checkpoint import load_model
-    from yolo_taskvec.data import dataset_name
-    from yolo_taskvec.evaluation import Evaluator, quiet_ultralytics
 
     from ultralytics.utils import NUM_THREADS
 
@@ -211,7 +207,7 @@ def run(args: dict[str, str]) -> dict:
 
     base = load_model(args["base"])
     tau = TaskVector.from_models(base, args["tuned"], name="fruit-night")
-    names = [dataset_name(d) for d in data]
+    names = [Path(d).stem for d in data]
     rows = []
     with tempfile.TemporaryDirectory() as tmp, quiet_ultralytics(), no_nms_time_limit():  # both paths: metrics independent of load
         tmp = Path(tmp)

@@ -51,7 +51,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from common import RESULTS, as_bool, busy, device_kind, environment, environment_markdown, load_average, parse_args, render_outputs, save_figure, write_outputs
+from common import RESULTS, as_bool, busy, device_kind, environment, environment_markdown, load_average, parse_args, render_outputs, save_figure, write_outputs, write_text_atomic
 
 DEFAULTS = {
     "sizes": "n,x",
@@ -106,7 +106,8 @@ def make_inputs(size: str, count: int, device: str, seed: int = 0):
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolo_taskvec.taskvector import TaskVector, is_mergeable
+    from yolo_taskvec import TaskVector
+    from yolo_taskvec.taskvector import is_mergeable
 
     torch.manual_seed(seed)
     model = DetectionModel(f"yolo26{size}.yaml", nc=80, verbose=False)
@@ -174,9 +175,9 @@ def merge_parts(base, vectors, method_name: str, scale: float) -> dict[str, floa
     seconds as ``<part>_s``, CPU seconds as ``<part>_cpu_s``."""
     import torch
 
+    from yolo_taskvec import get_method, is_bn_stat
     from yolo_taskvec.merging import _rng, vector_id
-    from yolo_taskvec.methods import get_method
-    from yolo_taskvec.taskvector import is_bn_stat, is_mergeable
+    from yolo_taskvec.taskvector import is_mergeable
 
     method = get_method(method_name)
     params = method.resolve({})
@@ -222,7 +223,7 @@ def write_model(base) -> list:
 def worker(config: dict) -> dict:
     import torch
 
-    from yolo_taskvec.merging import merge_states
+    from yolo_taskvec import merge_states
 
     if config["threads"] == "1":
         torch.set_num_threads(1)
@@ -279,7 +280,7 @@ def worker(config: dict) -> dict:
 
 # ----------------------------------------------------------------------------------------------- parent side
 def configurations(args: dict[str, str]) -> list[dict]:
-    from yolo_taskvec.methods import get_method, method_names
+    from yolo_taskvec import get_method, method_names
 
     def names(spec: str) -> list[str]:
         chosen = method_names() if spec == "all" else [m.strip() for m in spec.split(",") if m.strip()]
@@ -624,8 +625,6 @@ def plot(runs: dict, path: Path) -> None:
 
 def attach_baseline(args: dict[str, str], kind: str) -> None:
     """Store the rows of another version's run (``baseline=``) beside this run's in the stored JSON."""
-    from yolo_taskvec.atomic import write_text_atomic
-
     path = Path(args["out"]) / "merge_perf.json"
     runs, other = json.loads(path.read_text()), json.loads(Path(args["baseline"]).read_text())[kind]
     runs[kind]["baseline"] = {"label": args["baseline_label"] or args["baseline"], "environment": other["environment"], "settings": other.get("settings", {}), "rows": other["rows"]}

@@ -66,8 +66,14 @@ def negated(setup: str, tau, neg_tau, beta: float):
 def run(args: dict[str, str]) -> dict:
     import torch
 
-    from yolo_taskvec import TaskVecError, TaskVector, load_model, merge
-    from yolo_taskvec.evaluation import Evaluator, quiet_ultralytics
+    from yolo_taskvec import (
+        Evaluator,
+        TaskVecError,
+        TaskVector,
+        load_model,
+        merge,
+        quiet_ultralytics,
+    )
 
     env = environment(args["device"])
     print(f"{env['machine']}; OMP_NUM_THREADS={env['omp_num_threads']}\n{env['device']}; GPU available: {env['gpu_available']}\n{env['versions']}\nload average at start: {env['load_average_start']}")

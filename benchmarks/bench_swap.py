@@ -103,8 +103,7 @@ def measure(label: str, base_path: str, tv, args, device, folder: Path) -> dict:
     import torch
     from ultralytics import YOLO
 
-    from yolo_taskvec import save
-    from yolo_taskvec.swap import swap, unswap
+    from yolo_taskvec import save, swap, unswap
 
     clock, repeats, imgsz = Clock(device), int(args["repeats"]), int(args["imgsz"])
     from ultralytics.utils import SETTINGS

@@ -76,7 +76,7 @@ def runs_dir() -> Path:
 
 def task_models(args: dict[str, str], tasks: list[str]) -> dict[str, list[str]]:
     """``{set: [checkpoint per task]}`` for the requested sets."""
-    from yolo_taskvec.checkpoint import resolve_weights
+    from yolo_taskvec import resolve_weights
 
     sets = {}
     for name in [s for s in args["sets"].split(",") if s]:
@@ -119,8 +119,7 @@ class Runner:
         """One merge, scored on the four union views: ``{"<task>": mAP50-95, "<task>/map50": ..., "seconds"}`` or ``{"error"}``."""
         import shutil
 
-        from yolo_taskvec import sweep
-        from yolo_taskvec.errors import TaskVecError
+        from yolo_taskvec import TaskVecError, sweep
 
         folder = self.work / set_name / method / bn / label
         if not self.resume and folder.exists():
@@ -176,7 +175,7 @@ def score_specialists(base_path: str, paths: list[str], fruit: str, tasks: list[
 
 def vector_norms(base: Any, vectors: list[Any]) -> dict[str, float]:
     """‖τ‖ / ‖θ_base‖ over the shared parts (backbone, neck, box branch; learned tensors)."""
-    from yolo_taskvec.taskvector import is_bn_stat
+    from yolo_taskvec import is_bn_stat
 
     out = {}
     for tv in vectors:
@@ -449,8 +448,7 @@ def negation_plot(runs: dict[str, Any], path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- main
 def main(argv: list[str]) -> None:
     args = parse_args(argv, DEFAULTS, "bench_union.py")
-    from yolo_taskvec import load_model, union_classes, union_data
-    from yolo_taskvec.checkpoint import resolve_weights
+    from yolo_taskvec import load_model, resolve_weights, union_classes, union_data
 
     start = time.perf_counter()
     env = environment(args["device"])

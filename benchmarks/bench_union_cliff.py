@@ -76,7 +76,7 @@ def shared_bn_layers(base: Any, vectors: list[Any], share: int | None = None) ->
 
 def stat_coefficients(method: str, n: int, scale: float, params: dict[str, Any] | None = None) -> list[float]:
     """λ·cᵢ: the coefficient of each source's statistics under ``bn=merge`` (``merging.merge_states``)."""
-    from yolo_taskvec.methods import get_method
+    from yolo_taskvec import get_method
 
     m = get_method(method)
     resolved = m.resolve(params or {})
@@ -213,6 +213,22 @@ def layer_table(models: dict[str, Any], reference: Any, base: Any, vectors: list
 
 
 # ----------------------------------------------------------------------------------------------- run
+def probe_batch(files: list[Path], imgsz: int) -> torch.Tensor:
+    """The images as one float RGB batch (0-1), letterboxed by Ultralytics to ``imgsz`` square (stride 32)."""
+    import cv2
+    import numpy as np
+    from ultralytics.data.augment import LetterBox
+
+    box = LetterBox(new_shape=(imgsz, imgsz), auto=False, stride=32)
+    images = []
+    for f in files:
+        img = cv2.imread(str(f))
+        if img is None:
+            sys.exit(f"image {f} cannot be read.")
+        images.append(box(image=img)[..., ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
+    return torch.from_numpy(np.ascontiguousarray(np.stack(images))).float() / 255
+
+
 def runs_dir() -> Path:
     from ultralytics.utils import SETTINGS
 
@@ -223,9 +239,7 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv, DEFAULTS, "bench_union_cliff.py")
     from ultralytics.utils import TQDM
 
-    from yolo_taskvec import Evaluator, TaskVector, load_model, union_classes, union_data
-    from yolo_taskvec.recalibration import letterboxed_batches
-    from yolo_taskvec.data import image_files
+    from yolo_taskvec import Evaluator, TaskVector, image_files, load_model, union_classes, union_data
 
     start = time.perf_counter()
     env = environment(args["device"])
@@ -256,7 +270,7 @@ def main(argv: list[str]) -> None:
     probe_scale = float(args["probe"])
     n = int(args["images"])
     files = [f for y in yamls for f in image_files(y, "val")[:n]]
-    x = torch.cat(list(letterboxed_batches(files, imgsz, len(files), 1)))
+    x = probe_batch(files, imgsz)
     bn_layers = shared_bn_layers(base, vectors)
     reference = union_merge(base, vectors, 0.0, "merge")
     models = {p: union_merge(base, vectors, probe_scale, p, bn_data=yamls, imgsz=imgsz) for p in policies}

@@ -92,10 +92,16 @@ class Setup:
     """Splits, dataset views with union ids, evaluators, specialists' scores and the reference GFLOPs."""
 
     def __init__(self, args: dict[str, str]):
-        from yolo_taskvec import Evaluator, load_model, union_classes, union_data
-        from yolo_taskvec.branches import gflops
-        from yolo_taskvec.checkpoint import resolve_weights
-        from yolo_taskvec.data import image_files, load_data
+        from yolo_taskvec import (
+            Evaluator,
+            gflops,
+            image_files,
+            load_data,
+            load_model,
+            resolve_weights,
+            union_classes,
+            union_data,
+        )
 
         self.args = args
         self.work = Path(args["work"]) if args["work"] else runs_dir() / "bench_union_frontier"
@@ -194,7 +200,7 @@ def datafree(setup: Setup, points: Points) -> dict[str, Any]:
     """Grid on calibration, best (scale, bn) per method reported on val."""
     from ultralytics.utils import TQDM
 
-    from yolo_taskvec.branches import gflops
+    from yolo_taskvec import gflops
 
     args = setup.args
     grid = [(m, bn, s) for m in args["methods"].split(",") if m for bn in args["bn"].split(",") if bn for s in as_floats(args["scales"])]
@@ -233,7 +239,7 @@ def shares(setup: Setup, points: Points, chosen: dict[str, Any] | None) -> list[
     """Each share depth: prefix merged by the chosen data-free configuration or by the average; better on calibration."""
     from ultralytics.utils import TQDM
 
-    from yolo_taskvec.branches import gflops
+    from yolo_taskvec import gflops
 
     average = {"method": "task_arithmetic", "bn": "mixture", "scale": 1.0 / (len(setup.vectors) + 1), "name": "average"}
     candidates = [average] + ([{**chosen, "name": "best data-free"}] if chosen else [])
@@ -253,7 +259,9 @@ def shares(setup: Setup, points: Points, chosen: dict[str, Any] | None) -> list[
 
 def repairs(setup: Setup, points: Points, chosen: dict[str, Any] | None, starts: list[str]) -> list[dict[str, Any]]:
     """Repair from the chosen merge, from base80, and true labels from the chosen merge; snapshots per epoch."""
-    from yolo_taskvec.branches import gflops
+    from yolo_taskvec import gflops
+
+    # repair()'s steps, run apart to time labelling and training separately (see the test's exceptions table)
     from yolo_taskvec.repair import fine_tune, image_list, pseudo_label
 
     args = setup.args

@@ -32,9 +32,14 @@ API (small and stable; other benchmarks rely on it):
 * ``no_nms_time_limit()``: context manager lifting Ultralytics' NMS time limit (2 s + 0.05 s per image of a batch)
   inside the block. On a busy CPU that limit is hit and the rest of the batch silently gets NO detections, so a
   validation's mAP depends on the machine's load; accuracy benchmarks validate inside this block.
+* ``atomic_output(path)``: context manager yielding a temporary path beside ``path``; when the block succeeds the
+  file is fsynced and moved onto ``path`` (``os.replace``), otherwise removed; ``write_text_atomic(path, text)``
+  writes a text file that way. Every result, figure, yaml and asset a benchmark writes goes through these two.
 
 Benchmarks find weights and data through Ultralytics' settings (``weights_dir``, ``datasets_dir``) like the demo:
-bare checkpoint names go through ``yolo_taskvec.checkpoint.load_model``, dataset yamls through ``load_data``.
+bare checkpoint names go through ``yolo_taskvec.load_model`` / ``resolve_weights``, dataset yamls through
+``yolo_taskvec.load_data``. Benchmarks import the package's public API only (``from yolo_taskvec import ...``; see
+``tests/test_recipe.py::test_benchmarks_examples_and_notebooks_use_the_public_api`` for the few documented exceptions).
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -172,17 +178,40 @@ def environment_markdown(env: Mapping[str, str], load_end: str | None = None) ->
 
 
 def no_nms_time_limit(seconds_per_image: float = 1e4) -> contextlib.AbstractContextManager[None]:
-    """``yolo_taskvec.evaluation.no_nms_time_limit`` (the Evaluator applies it itself; kept for plain ``YOLO.val``)."""
-    from yolo_taskvec.evaluation import no_nms_time_limit as lifted
+    """``yolo_taskvec.no_nms_time_limit`` (the Evaluator applies it itself; kept for plain ``YOLO.val``)."""
+    from yolo_taskvec import no_nms_time_limit as lifted
 
     return lifted(seconds_per_image)
 
 
 # ----------------------------------------------------------------------------------------------- outputs
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; on success it is fsynced and replaces ``path``, else removed."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o644)  # mkstemp makes it private (0600)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns ``path``."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Write a matplotlib figure as PNG atomically and close it."""
-    from yolo_taskvec.atomic import atomic_output
-
     path = Path(path)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
@@ -204,7 +233,6 @@ def write_outputs(
     import matplotlib
 
     matplotlib.use("Agg")
-    from yolo_taskvec.atomic import write_text_atomic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +259,6 @@ def render_outputs(
     import matplotlib
 
     matplotlib.use("Agg")
-    from yolo_taskvec.atomic import write_text_atomic
 
     out = Path(out)
     json_path = out / f"{stem}.json"
@@ -290,8 +317,7 @@ def calibration_split(yaml: str | os.PathLike, n: int, seed: int, out: str | os.
     """
     import random
 
-    from yolo_taskvec.atomic import write_text_atomic
-    from yolo_taskvec.data import image_files, load_data
+    from yolo_taskvec import image_files, load_data
 
     info = load_data(str(yaml), split=split)
     images = sorted(str(p.absolute()) for p in image_files(str(yaml), split))  # not resolved: labels sit beside the link

@@ -117,8 +117,7 @@ def train_one(base: Path, data: Path, dataset: str, project: Path, args: dict[st
 
 def norm_ratios(base: Any, tuned: str) -> dict[str, Any]:
     """‖τ‖ / ‖θ_base‖ over learned tensors with a same-shape base counterpart: all, shared (no class branch), per part."""
-    from yolo_taskvec import TaskVector
-    from yolo_taskvec.taskvector import is_bn_stat
+    from yolo_taskvec import TaskVector, is_bn_stat
 
     tv = TaskVector.from_models(base, tuned, unmatched="carry")
     sq: dict[str, list[float]] = {}
@@ -225,7 +224,7 @@ def plot(runs: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv, DEFAULTS, "train_close_finetunes.py")
-    from yolo_taskvec.checkpoint import resolve_weights
+    from yolo_taskvec import resolve_weights
 
     env = environment(args["device"])
     base = resolve_weights(args["base"])

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PALETTE, REPO, RESULTS, as_bool, device_kind, environment, environment_markdown, figure_title, legend_below, load_average, parse_args, render_outputs, save_figure, write_outputs  # noqa: E402
+from common import PALETTE, REPO, RESULTS, as_bool, atomic_output, device_kind, environment, environment_markdown, figure_title, legend_below, load_average, parse_args, render_outputs, save_figure, write_outputs, write_text_atomic  # noqa: E402
 
 ASSETS = REPO / "benchmarks" / "assets"
 DATASETS = REPO / "datasets"
@@ -110,8 +110,7 @@ def write_views(project: Path, train_spec: str, val_spec: str, keep: set[int], c
     """
     from ultralytics.data.utils import img2label_paths
 
-    from yolo_taskvec.atomic import write_text_atomic
-    from yolo_taskvec.data import image_files, load_data
+    from yolo_taskvec import image_files, load_data
 
     final = project / "data"
     tmp = project / f".data.{uuid.uuid4().hex[:8]}.tmp"
@@ -203,8 +202,7 @@ def train(base: Path, data: Path, project: Path, args: dict[str, str]) -> tuple[
 
 def measure(base: Path, models: dict[str, Path], data: dict[str, Path], args: dict[str, str]) -> dict[str, Any]:
     """Box and mask mAP (with bootstrap intervals over the images) of each model on each view."""
-    from yolo_taskvec import Evaluator
-    from yolo_taskvec.bootstrap import interval
+    from yolo_taskvec import Evaluator, interval
 
     ev = Evaluator([str(p) for p in data.values()], imgsz=int(args["imgsz"]), batch=16, device=args["device"], progress=False, per_image=True)
     out: dict[str, Any] = {}
@@ -225,8 +223,6 @@ def sha256(path: Path) -> str:
 
 def write_asset(weights: Path, result: dict[str, Any], name: str) -> dict[str, Any]:
     """``benchmarks/assets/<name>.pt`` (a copy of best.pt) and ``<name>.json`` (sha256, command, recipe, metrics)."""
-    from yolo_taskvec.atomic import atomic_output, write_text_atomic
-
     ASSETS.mkdir(parents=True, exist_ok=True)
     target = ASSETS / f"{name}.pt"
     with atomic_output(target) as tmp:
@@ -331,7 +327,7 @@ def main(argv: list[str]) -> None:
     if as_bool(args["render"]):
         render_outputs("seg_finetune", out, markdown=markdown, plot=plot)
         return
-    from yolo_taskvec.checkpoint import resolve_weights
+    from yolo_taskvec import resolve_weights
 
     env = environment(args["device"])
     kind = device_kind(args["device"])

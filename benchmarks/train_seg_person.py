@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, as_bool, device_kind, environment, environment_markdown, load_average, parse_args, save_figure, write_outputs  # noqa: E402
+from common import RESULTS, as_bool, device_kind, environment, environment_markdown, load_average, parse_args, save_figure, write_outputs, write_text_atomic  # noqa: E402
 
 DEFAULTS = {
     "base": "yolo26n-base80.pt",
@@ -92,8 +92,7 @@ def write_view(project: Path, train_spec: str, val_spec: str, keep: set[int]) ->
     """
     from ultralytics.data.utils import img2label_paths
 
-    from yolo_taskvec.atomic import write_text_atomic
-    from yolo_taskvec.data import image_files, load_data
+    from yolo_taskvec import image_files, load_data
 
     final = project / "data"
     tmp = project / f".data.{uuid.uuid4().hex[:8]}.tmp"
@@ -167,8 +166,7 @@ def train(base: Path, cfg: str, data: Path, project: Path, args: dict[str, str])
 
 def measure(base: Path, models: dict[str, str], data: dict[str, str], args: dict[str, str]) -> dict[str, Any]:
     """Box and mask mAP of each model on each dataset, and its task-vector norm relative to base80."""
-    from yolo_taskvec import Evaluator, TaskVector, load_model
-    from yolo_taskvec.taskvector import is_bn_stat
+    from yolo_taskvec import Evaluator, TaskVector, is_bn_stat, load_model
 
     b = load_model(str(base))
     ev = Evaluator(list(data.values()), imgsz=int(args["imgsz"]), batch=16, device=args["device"], progress=False)
@@ -248,7 +246,7 @@ def plot(runs: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv, DEFAULTS, "train_seg_person.py")
-    from yolo_taskvec.checkpoint import resolve_weights
+    from yolo_taskvec import resolve_weights
 
     env = environment(args["device"])
     base = resolve_weights(args["base"])
