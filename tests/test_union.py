@@ -14,7 +14,8 @@ from yolo_taskvec import TaskVector, merge, method_names, save
 from yolo_taskvec.checkpoint import load_model
 from yolo_taskvec.cli import main
 from yolo_taskvec.errors import MismatchError, OutputError, TaskVecError
-from yolo_taskvec.heads import union_classes, union_data
+from yolo_taskvec.classunion import union_classes
+from yolo_taskvec.heads import union_data
 
 TASKS = ("raccoon", "kangaroo", "bccd")
 SPECIALISTS = {"fruit80": 0.440, "raccoon": 0.448, "kangaroo": 0.186, "bccd": 0.574}  # mAP50-95, imgsz 320, CPU

@@ -13,7 +13,8 @@ from yolo_taskvec import TaskVector, merge, save
 from yolo_taskvec.branches import NEG_LOGIT, branch_yaml, gflops
 from yolo_taskvec.checkpoint import load_model
 from yolo_taskvec.errors import MismatchError, TaskVecError
-from yolo_taskvec.heads import union_classes, union_data
+from yolo_taskvec.classunion import union_classes
+from yolo_taskvec.heads import union_data
 
 TASKS = ("raccoon", "kangaroo")
 

@@ -18,7 +18,8 @@ from .evaluation import (
     no_nms_time_limit,
     quiet_ultralytics,
 )
-from .heads import union_classes, union_data
+from .classunion import union_classes
+from .heads import union_data
 from .merging import merge_states
 from .methods import get_method, method_names
 from .plots import pareto_front

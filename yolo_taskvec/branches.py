@@ -269,9 +269,9 @@ def _level_tensors(state: Mapping[str, torch.Tensor], prefix: str, attr: str, le
 
 
 def _final_name(level: nn.Module, where: str) -> str:
-    from .heads import _units
+    from .classunion import class_branch_units
 
-    return _units(level, where)[-1].name
+    return class_branch_units(level, where)[-1].name
 
 
 def _padded_class_level(own: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor], final: str, source: Source, where: str) -> dict[str, torch.Tensor]:

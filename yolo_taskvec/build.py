@@ -139,10 +139,14 @@ def merged_module(base: LoadedModel, vectors: Sequence[TaskVector], recipe: Reci
     if recipe.classes == "union":
         from .heads import merge_union
 
-        return merge_union(base, vectors, method=recipe.method, scale=recipe.scale, weights=recipe.weights, bn=recipe.bn, bn_data=list(recipe.bn_data),
-                           bn_batches=recipe.bn_batches, parts=recipe.parts, seed=recipe.seed, imgsz=imgsz, orthogonalize=recipe.orthogonalize,
-                           duplicates=recipe.duplicates, share=recipe.share, repair=recipe.repair or None, images=list(recipe.repair_images) or None,
-                           repair_conf=recipe.repair_conf, repair_mode=recipe.repair_mode, device=recipe.device, **dict(recipe.params))
+        module, report, extra = merge_union(base, vectors, method=recipe.method, scale=recipe.scale, weights=recipe.weights, bn=recipe.bn, bn_data=list(recipe.bn_data),
+                                            bn_batches=recipe.bn_batches, parts=recipe.parts, seed=recipe.seed, imgsz=imgsz, orthogonalize=recipe.orthogonalize,
+                                            duplicates=recipe.duplicates, share=recipe.share, **dict(recipe.params))
+        if recipe.repair:
+            from .repair import repair_union
+
+            module, extra["repair"] = repair_union(module, base, vectors, recipe, imgsz)
+        return module, report, extra
     state, report = merge_states(base.state, vectors, recipe.method, weights=recipe.weights, scale=recipe.scale, params=recipe.params, bn=recipe.bn,
                                  seed=recipe.seed, layout=base.layout, orthogonalize=recipe.orthogonalize, device=recipe.device)
     carrier = next((tv for tv in vectors if tv.absolute and tv.meta.get("target_yaml")), None)

@@ -372,7 +372,8 @@ def run_copy_cfg(args: dict[str, Any]) -> None:
 
 @mode("union-data", ("base", "models", "model", "data", "out", "split", "exist_ok"), "dataset views with the class ids of a classes=union merge (labels remapped, images linked): model= the union .pt, or base= and models=")
 def run_union_data(args: dict[str, Any]) -> None:
-    from .heads import union_classes, union_data
+    from .classunion import union_classes
+    from .heads import union_data
 
     data, out = get(args, "data", True).split(","), get(args, "out", True)
     if "model" in args and len(args["model"]) != 1:

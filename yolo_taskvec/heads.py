@@ -46,97 +46,22 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import LoadedModel, build_module, load_model, replace_submodule
+from .checkpoint import LoadedModel, build_module, replace_submodule
 from .errors import DataError, MismatchError, OutputError, TaskVecError
 from .parts import check_selection, matches
 from .taskvector import TaskVector
+from .classunion import ClassUnion, Unit, class_names, clean_names, class_branch_units, short_names, union_classes, vector_names, yaml_str  # noqa: F401  (union_classes: heads' public name)
 
 CLASS_BRANCHES = ("cv3", "one2one_cv3")
 DUPLICATE_RULES = ("mean", "first")
 CLS_PART = "head.cls"
 VIEW_MARKER = ".yolo-taskvec-view"
-
-
-# ----------------------------------------------------------------------------------------------- class ids
-@dataclass
-class ClassUnion:
-    """The union's classes: ``names`` (new id -> name) and ``mapping`` ((task, old id) -> new id).
-
-    Task 0 is the base, task ``i`` the ``i``-th model. ``owners[new_id]`` lists the (task, old id) pairs that feed it.
-    """
-
-    names: dict[int, str]
-    mapping: dict[tuple[int, int], int]
-    task_names: list[dict[int, str]] = field(default_factory=list)
-
-    @property
-    def owners(self) -> dict[int, list[tuple[int, int]]]:
-        out: dict[int, list[tuple[int, int]]] = {}
-        for key, new in self.mapping.items():
-            out.setdefault(new, []).append(key)
-        return out
-
-    def remap(self, names: Mapping[int, str], what: str = "the model") -> dict[int, int]:
-        """Old id -> union id for a dataset or model with these class names (matched by name)."""
-        index = {name: i for i, name in self.names.items()}
-        missing = [n for n in names.values() if n not in index]
-        if missing:
-            raise MismatchError(f"{what} has classes {', '.join(map(repr, missing[:4]))} that are not in the union ({_short(self.names)}).")
-        return {int(k): index[v] for k, v in names.items()}
-
-
-def _clean_names(names: Mapping[Any, Any]) -> dict[int, str]:
-    return {int(k): str(v) for k, v in sorted(names.items(), key=lambda kv: int(kv[0]))}
-
-
-def _short(names: Mapping[int, str]) -> str:
-    values = list(names.values())
-    return ", ".join(values[:4]) + (f", ... ({len(values)} classes)" if len(values) > 4 else "")
-
-
-def class_names(item: Any) -> dict[int, str]:
-    """Class names of a names mapping, a model (path, YOLO, module), a task-vector file or a TaskVector."""
-    if isinstance(item, Mapping):
-        return _clean_names(item)
-    if isinstance(item, TaskVector):
-        names = item.meta.get("names")
-    elif isinstance(item, (str, os.PathLike)) and Path(item).suffix.lower() == ".safetensors" and not _converted(item):
-        from .files import read_header
-
-        names = read_header(item)[0].get("names")  # a task-vector file: its header only
-    else:
-        names = load_model(item).names
-    if not names:
-        raise MismatchError(f"{item} records no class names, so its classes cannot join a union.")
-    return _clean_names(names)
-
-
-def _converted(path: str | os.PathLike) -> bool:
-    from .checkpoint import is_converted_model
-
-    return is_converted_model(path)
-
-
-def union_classes(base: Any, models: Sequence[Any]) -> ClassUnion:
-    """The union's class ids: base first, then each model's new names in the order given (see module docs)."""
-    task_names = [class_names(base), *(class_names(m) for m in models)]
-    names: dict[int, str] = {}
-    index: dict[str, int] = {}
-    mapping: dict[tuple[int, int], int] = {}
-    for t, task in enumerate(task_names):
-        for old, name in task.items():
-            if name not in index:
-                index[name] = len(names)
-                names[index[name]] = name
-            mapping[(t, old)] = index[name]
-    return ClassUnion(names, mapping, task_names)
 
 
 # ----------------------------------------------------------------------------------------------- merge
@@ -156,12 +81,6 @@ def merge_union(
     orthogonalize: bool = False,
     duplicates: str = "mean",
     share: int | None = None,
-    repair: int | None = None,
-    images: Any = None,
-    repair_conf: float = 0.25,
-    repair_mode: str = "pseudo",
-    repair_out: str | os.PathLike | None = None,
-    device: str | None = None,
     **params: Any,
 ) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Merge task vectors with different class sets into one detector over the union of their classes.
@@ -171,19 +90,12 @@ def merge_union(
     ``parts``) are merged by ``method``; each task's class branch is kept exactly (see the module docs for the class
     ids and the head layout). ``share=k`` (``0 <= k <`` the head's index) shares only layers ``0..k-1`` and gives
     every source its own remaining layers and Detect levels (``branches``; ``share=0`` reproduces every source
-    exactly). ``repair=<epochs>`` then fine-tunes the union on unlabeled ``images`` with pseudo-labels from the
-    sources themselves (``repair_conf``, run folder ``repair_out``, ``device``; see ``repair``).
+    exactly). A repair on unlabeled images afterwards is ``repair.repair_union`` (the recipe's ``repair=``).
     Returns ``(module, merge report, recipe)``.
     """
     from . import bn as bn_policy
     from .branches import check_same_base_architecture, check_share
     from .merging import merge_states
-    from .repair import check_repair
-
-    if repair is not None and repair != 0:
-        repair = check_repair(repair, images, repair_conf, repair_mode)
-    elif images is not None:
-        raise TaskVecError("images= are the unlabeled images of a repair; pass repair=<epochs> as well (e.g. repair=3).")
 
     if duplicates not in DUPLICATE_RULES:
         raise TaskVecError(f"unknown duplicates rule '{duplicates}'; choose one of {', '.join(DUPLICATE_RULES)}.")
@@ -193,7 +105,7 @@ def merge_union(
     head = _check_detect(b)
     check_same_base_architecture(b, vectors)
     share = check_share(share, b) if share is not None else None
-    union = union_classes(b.names, [_vector_names(tv) for tv in vectors])
+    union = union_classes(b.names, [vector_names(tv) for tv in vectors])
     selection = check_selection(parts) if parts is not None else None
     labels = [b.name, *(tv.meta.get("name", "?") for tv in vectors)]
     common = {
@@ -214,7 +126,7 @@ def merge_union(
             bn_batches=bn_batches, parts=selection, seed=seed, imgsz=imgsz, orthogonalize=orthogonalize, params=params,
         )
         recipe = {**common, "union_own_branches": list(range(len(labels))), **extra}
-        return _repaired(module, b, vectors, recipe, repair, images, repair_conf, repair_mode, repair_out, imgsz, device), report, recipe
+        return module, report, recipe
     own = [not _shares_base_classes(b, tv, union.task_names[i + 1]) for i, tv in enumerate(vectors)]
     shared = [_shared_vector(b, tv, selection, keep_cls=not own_branch) for tv, own_branch in zip(vectors, own)]
     state, report = merge_states(b.state, shared, method, weights=weights, scale=scale, params=params, bn=bn, seed=seed, layout=b.layout, orthogonalize=orthogonalize)
@@ -229,20 +141,7 @@ def merge_union(
         _install_union_head(module, b, head, union, tasks, branches, duplicates, [labels[t] for t in tasks])
     extra = {"share": share} if share is not None else {}
     recipe = {**common, "union_own_branches": tasks, **extra}
-    return _repaired(module, b, vectors, recipe, repair, images, repair_conf, repair_mode, repair_out, imgsz, device), report, recipe
-
-
-def _repaired(module: nn.Module, b: LoadedModel, vectors: Sequence[TaskVector], recipe: dict[str, Any], epochs: int | None, images: Any, conf: float, mode: str, out: Any, imgsz: int, device: str | None) -> nn.Module:
-    """``module`` repaired for ``epochs`` on ``images`` (``recipe["repair"]`` records it), or ``module`` itself."""
-    if not epochs:
-        return module
-    from .branches import source_state
-    from .repair import repair_module
-
-    specialists = [b.module] + [build_module(b, source_state(b, tv), target_yaml=tv.meta.get("target_yaml"), names=_vector_names(tv)) for tv in vectors]
-    repaired, record = repair_module(module, specialists, images, epochs=epochs, conf=conf, mode=mode, out=out, imgsz=imgsz, device=device)
-    recipe["repair"] = record
-    return repaired
+    return module, report, recipe
 
 
 def branch_rows(union: ClassUnion, tasks: int, duplicates: str) -> list[list[tuple[int, int]]]:
@@ -266,13 +165,6 @@ def _check_detect(b: LoadedModel) -> nn.Module:
     if b.task != "detect" or type(head) is not Detect:
         raise MismatchError(f"classes=union merges detectors; the base {b.name} is a {b.task} model with a {type(head).__name__} head.")
     return head
-
-
-def _vector_names(tv: TaskVector) -> dict[int, str]:
-    names = tv.meta.get("names")
-    if not names:
-        raise MismatchError(f"task vector '{tv.meta.get('name', '?')}' records no class names, so its classes cannot join a union.")
-    return _clean_names(names)
 
 
 def _shares_base_classes(b: LoadedModel, tv: TaskVector, names: dict[int, str]) -> bool:
@@ -309,45 +201,6 @@ def _task_state(b: LoadedModel, tv: TaskVector) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------- head surgery
-@dataclass
-class _Unit:
-    """One layer of a class branch: an Ultralytics Conv/DWConv (conv + bn + act) or the final logits Conv2d."""
-
-    name: str
-    module: nn.Module
-
-    @property
-    def conv(self) -> nn.Conv2d:
-        return self.module.conv if hasattr(self.module, "conv") else self.module
-
-    @property
-    def depthwise(self) -> bool:
-        c = self.conv
-        return c.groups > 1 and c.groups == c.in_channels == c.out_channels
-
-    @property
-    def final(self) -> bool:
-        return isinstance(self.module, nn.Conv2d)
-
-
-def _units(level: nn.Module, where: str) -> list[_Unit]:
-    """The layers of one level's class branch, in order; refuses structures the union cannot stack."""
-    from ultralytics.nn.modules import Conv
-
-    units: list[_Unit] = []
-    for name, m in level.named_modules():
-        if any(name.startswith(u.name + ".") for u in units):
-            continue
-        if isinstance(m, Conv) and hasattr(m, "bn") or type(m) is nn.Conv2d:
-            units.append(_Unit(name, m))
-    counted = sum(p.numel() for u in units for p in u.module.parameters())
-    ok = units and units[-1].final and all(not u.final for u in units[:-1]) and counted == sum(p.numel() for p in level.parameters())
-    ok = ok and all(u.depthwise or u.conv.groups == 1 for u in units)
-    if not ok:
-        raise MismatchError(f"the class branch {where} is not a chain of Conv/DWConv layers ending in a Conv2d (a fused or already-merged head?); class-union needs a standard Detect head.")
-    return units
-
-
 def _install_union_head(module: nn.Module, b: LoadedModel, head_template: nn.Module, union: ClassUnion, tasks: list[int], branches: Mapping[int, Mapping[str, torch.Tensor]], duplicates: str, labels: list[str]) -> None:
     """Replace the class branches of ``module``'s Detect head by union branches; update nc, no, names, yaml."""
     head = module.model[-1]
@@ -362,7 +215,7 @@ def _install_union_head(module: nn.Module, b: LoadedModel, head_template: nn.Mod
         levels = []
         for i, level in enumerate(template):
             prefix = f"model.{hi}.{attr}.{i}."
-            units = _units(level, f"{attr}.{i}")
+            units = class_branch_units(level, f"{attr}.{i}")
             tensors = [{k[len(prefix):]: v for k, v in branches[t].items() if k.startswith(prefix)} for t in tasks]
             final = [_get(t, f"{units[-1].name}.weight", f"{attr}.{i}").shape[0] for t in tensors]
             for label, rows, nc in zip(labels, final, ncs):
@@ -403,7 +256,7 @@ def _get(tensors: Mapping[str, torch.Tensor], key: str, where: str) -> torch.Ten
     return tensors[key].float()
 
 
-def _union_level(level: nn.Module, units: list[_Unit], tensors: list[Mapping[str, torch.Tensor]], coefs: list[list[tuple[int, int, float]]], n: int, where: str) -> nn.Module:
+def _union_level(level: nn.Module, units: list[Unit], tensors: list[Mapping[str, torch.Tensor]], coefs: list[list[tuple[int, int, float]]], n: int, where: str) -> nn.Module:
     """One level's union branch: ``level``'s structure with each layer widened block-diagonally over the tasks."""
     from ultralytics.nn.modules import Conv, DWConv
 
@@ -546,7 +399,7 @@ def union_data(classes: Any, data: Sequence[str | os.PathLike] | str | os.PathLi
         if "train" not in chosen:  # Ultralytics requires the key; a validation-only view points it at its images
             lines.append(f"train: images/{chosen[0]}  # no train split in this view")
         lines.append("names:")
-        lines += [f"  {i}: {_yaml_str(name)}" for i, name in target.items()]
+        lines += [f"  {i}: {yaml_str(name)}" for i, name in target.items()]
         written.append(write_text_atomic(out / f"{stem}.yaml", "\n".join(lines) + "\n", inputs, exist_ok=exist_ok, protect=protected))
     return written
 
@@ -556,7 +409,7 @@ def _plan_view(union: ClassUnion, yaml: str | os.PathLike, final: Path, splits: 
     from .data import load_data
 
     info = load_data(yaml, split="val")
-    remap = union.remap(_clean_names(info["names"]), what=f"dataset {yaml}")
+    remap = union.remap(clean_names(info["names"]), what=f"dataset {yaml}")
     chosen = [s for s in (splits or ("train", "val", "test")) if info.get(s)]
     if splits and len(chosen) != len(splits) or not chosen:
         raise DataError(f"dataset {yaml} has no split {', '.join(s for s in (splits or ['train', 'val', 'test']) if s not in chosen)}.")
@@ -565,12 +418,6 @@ def _plan_view(union: ClassUnion, yaml: str | os.PathLike, final: Path, splits: 
         if final == root or root in final.parents or final in root.parents:
             raise OutputError(f"output folder {final} overlaps the dataset {root}; choose a folder outside every input.")
     return info, chosen, remap
-
-
-def _yaml_str(text: str) -> str:
-    import json
-
-    return json.dumps(text)  # JSON strings are valid YAML scalars
 
 
 def _split_images(info: Mapping[str, Any], split: str) -> list[tuple[Path, Path]]:

@@ -122,7 +122,7 @@ def pseudo_label(
     from ultralytics.utils import TQDM
 
     from .atomic import write_text_atomic
-    from .heads import ClassUnion, _yaml_str, class_names
+    from .classunion import ClassUnion, class_names, yaml_str
 
     out = Path(out).resolve()
     union = ClassUnion(dict(names), {})
@@ -173,7 +173,7 @@ def pseudo_label(
         lines.append("val: val.txt")
         write_text_atomic(root / "val.txt", "".join(f"./images/train/{n}\n" for n in written[:VAL_IMAGES]))
     lines.append("names:")
-    lines += [f"  {i}: {_yaml_str(n)}" for i, n in names.items()]
+    lines += [f"  {i}: {yaml_str(n)}" for i, n in names.items()]
     yaml = write_text_atomic(root / "data.yaml", "\n".join(lines) + "\n")
     write_text_atomic(root / "counts.txt", " ".join(f"{k}={v}" for k, v in counts.items()) + "\n")
     return yaml
@@ -425,7 +425,7 @@ def repair_module(
     data = pseudo_label(specialists, files, names, out, conf=conf, iou=iou, imgsz=imgsz, batch=batch, device=device, val=val, progress=progress)
     teach = {}
     if mode == "distill":
-        from .heads import ClassUnion, class_names
+        from .classunion import ClassUnion, class_names
 
         union = ClassUnion(names, {})
         teach = {"teachers": [load_model(m).module for m in specialists], "rows": [sorted(union.remap(class_names(m)).items()) for m in specialists]}
@@ -467,3 +467,14 @@ def as_repaired_yolo(module: nn.Module, union: Any, record: Mapping[str, Any]):
 
     provenance = {**dict(union.ckpt.get("taskvec") or {}), "repair": dict(record)}
     return to_yolo(module, label=f"repaired({union.name})", train_args=union.train_args, ckpt_extra={"taskvec": provenance})
+
+
+def repair_union(module: nn.Module, base: Any, vectors: Sequence[Any], recipe: Any, imgsz: int) -> tuple[nn.Module, dict[str, Any]]:
+    """A recipe's ``repair=``: the merged union ``module`` fine-tuned on ``recipe.repair_images`` with pseudo-labels
+    from its sources (the base and each input, rebuilt exactly from the task vectors); returns it and the record."""
+    from .branches import source_state
+    from .checkpoint import build_module
+    from .classunion import vector_names
+
+    specialists = [base.module] + [build_module(base, source_state(base, tv), target_yaml=tv.meta.get("target_yaml"), names=vector_names(tv)) for tv in vectors]
+    return repair_module(module, specialists, list(recipe.repair_images), epochs=recipe.repair, conf=recipe.repair_conf, mode=recipe.repair_mode, imgsz=imgsz, device=recipe.device)
