@@ -63,9 +63,10 @@ def inputs(tmp_path_factory, base_pt, night_pt, night_vector) -> dict[str, Path]
     shutil.copyfile(WEIGHTS / "yolo26n-raccoon.pt", f["raccoon"])
     f["vector"] = night_vector.save(d / "night.safetensors")
     f["day"] = d / "coco8.yaml"
-    f["night"] = d / "coco8-dark.yaml"  # the demo wants two names; both resolve coco8 through datasets_dir
-    for name in ("day", "night"):
-        shutil.copyfile(DATA_YAMLS / "coco8.yaml", f[name])
+    shutil.copyfile(DATA_YAMLS / "coco8.yaml", f["day"])
+    for key, name in (("fruit", "fruit80"), ("night", "fruit80-night")):  # the demo's own data: base80 and the night
+        f[key] = d / f"{name}.yaml"  # fine-tune, which normalize its columns, score 0 on coco8
+        shutil.copyfile(DATA_YAMLS / f"{name}.yaml", f[key])
     return f
 
 
@@ -82,8 +83,8 @@ def mode_arguments(f: dict[str, Path], out: Path) -> dict[str, list[str]]:
         "compress": [f"vectors={f['vector']}", "keep=0.1", f"out={out / 'c.safetensors'}"],
         "transform": [f"data={f['day']}", "preset=night", f"out={out / 'coco8-night'}"],
         "convert": [f"model={f['base']}", f"out={out / 'b.safetensors'}"],
-        "demo": [f"base={f['base']}", f"tuned={f['tuned']}", f"day={f['day']}", f"night={f['night']}", "scales=0:1:1", "imgsz=320", f"out={out / 'demo'}"],
-        "sweep": [f"base={f['base']}", f"vectors={f['vector']}", "scales=0:1:1", *small_eval, f"out={out / 'sweep'}", f"save={out / 'best.pt'}"],
+        "demo": [f"base={f['base']}", f"tuned={f['tuned']}", f"day={f['fruit']}", f"night={f['night']}", "scales=0:1:1", "imgsz=320", f"out={out / 'demo'}"],
+        "sweep": [f"base={f['base']}", f"vectors={f['vector']}", "scales=0:1:1", *small_eval, f"out={out / 'sweep'}", f"best={out / 'best.pt'}"],
         "search": [f"base={f['base']}", f"vectors={f['vector']}", "budget=2", *small_eval, f"out={out / 'search'}"],
         "soup": [f"base={f['base']}", f"models={f['tuned']},{f['vector']}", *small_eval, f"out={out / 'soup'}"],
         "val": [f"model={f['base']},{f['tuned']}", *small_eval, f"out={out / 'val.csv'}"],
@@ -203,7 +204,7 @@ def test_crash_mid_write_leaves_no_partial_file(tmp_path, base_pt, night_vector,
     out = out_dir / "merged.pt"
     if existing:
         out.write_bytes(b"the previous, complete file")
-    argv = ["apply", f"base={base_pt}", f"vectors={vector}", "scale=0.5", f"out={out}"]
+    argv = ["apply", f"base={base_pt}", f"vectors={vector}", "scale=0.5", f"out={out}", *(["exist_ok=true"] if existing else [])]
     run = subprocess.run([sys.executable, "-c", DYING_WRITE, *argv], capture_output=True, text=True, timeout=300)
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
     if existing:
@@ -313,6 +314,7 @@ def on_term(signum, frame):
     raise Terminated
 
 signal.signal(signal.SIGTERM, on_term)  # as the CLI does: SIGTERM unwinds like Ctrl-C
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background parent may have ignored it)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 model = ck.load_model(sys.argv[1]).module
 out, size = Path(sys.argv[2]), int(sys.argv[3])
@@ -368,7 +370,8 @@ print(json.dumps(report))
 """
 
 SLOW_DISK_CLI = r"""
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background parent may have ignored it)
 import yolo_taskvec.checkpoint as ck
 real_save, half = ck._torch_save, int(sys.argv[1])
 
