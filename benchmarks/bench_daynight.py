@@ -26,7 +26,7 @@ specialist was fine-tuned on those images, so selection values sit below the val
   intervals (``resamples`` draws of the val images, ``yolo_taskvec.bootstrap``) of the val objective and of its
   difference to the reference (paired: the same resampled images for both models and the normalizers).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_daynight.py            # CPU default, about 25-30 min on one idle thread
+    OMP_NUM_THREADS=1 python benchmarks/bench_daynight.py            # CPU default: ~125 scored candidates, about 30 min on one idle thread (estimate; ~50 min on a loaded 2-core VM)
     python benchmarks/bench_daynight.py methods=all bn=merge,mixture,geometric,base,recalibrate budget=30  # full (hours on CPU)
     python benchmarks/bench_daynight.py device=0                     # GPU
     python benchmarks/bench_daynight.py quick=true out=/tmp/dn       # smoke test: 2 methods, 2 policies, 2 α, tiny search

@@ -26,7 +26,7 @@ No choice is made: the β grids and policies are fixed in advance and every poin
 ``yolo_taskvec.interval`` / ``difference``) of the night (target) and day (control) mAP50-95 and of their paired
 differences to the start model (night) and to base80 (day).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_negation.py                 # CPU default, about 10 min on one idle thread
+    OMP_NUM_THREADS=1 python benchmarks/bench_negation.py                 # CPU default: 27 points, about 10 min on one idle thread (estimate)
     python benchmarks/bench_negation.py betas=0:1:0.1 base_betas=0,0.25,0.5,0.75,1,1.25,1.5 bn=merge,mixture,geometric,base,recalibrate   # full
     python benchmarks/bench_negation.py device=0                          # GPU
     python benchmarks/bench_negation.py quick=true out=/tmp/neg           # smoke test: β 0 and 1, two policies
