@@ -179,6 +179,4 @@ def merge(recipe: Recipe) -> Any:
     """Prepare and build one recipe: the merged ``ultralytics.YOLO``."""
     if not isinstance(recipe, Recipe):
         raise RecipeError(f"merge needs a Recipe, got {type(recipe).__name__}.")
-    if all(w == 0 for w in recipe.weights):
-        raise RecipeError("all weights are zero, so the merge would be the base unchanged; give at least one non-zero weight.")
     return build_merged(prepare(recipe))

@@ -46,24 +46,20 @@ from .bootstrap import ImageStats
 from .checkpoint import LoadedModel, ModelLike, load_model
 from .data import dataset_name, image_files, load_data, patched
 from .errors import DataError, TaskVecError
-from .limits import GB, MAX_BATCH, MAX_IMGSZ, available_memory
+from .limits import GB, MAX_BATCH, MAX_IMGSZ, MIN_IMGSZ, available_memory
 
 BOX_METRICS = {"map50_95": "metrics/mAP50-95(B)", "map50": "metrics/mAP50(B)", "precision": "metrics/precision(B)", "recall": "metrics/recall(B)"}
 MASK_METRICS = {"mask_map50_95": "metrics/mAP50-95(M)", "mask_map50": "metrics/mAP50(M)", "mask_precision": "metrics/precision(M)", "mask_recall": "metrics/recall(M)"}
 TASKS = ("detect", "segment")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
-MIN_IMGSZ = 32  # the largest YOLO stride
 
 
 # ----------------------------------------------------------------------------------------------- entry checks
 def check_image_settings(imgsz: Any, batch: Any) -> tuple[int, int]:
     """``(imgsz, batch)`` as ints within ``[32, MAX_IMGSZ]`` and ``[1, MAX_BATCH]``."""
-    for name, value, low, high in (("imgsz", imgsz, MIN_IMGSZ, MAX_IMGSZ), ("batch", batch, 1, MAX_BATCH)):
-        if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
-            raise TaskVecError(f"{name} must be an integer, got {value!r}.")
-        if not low <= value <= high:
-            raise TaskVecError(f"{name} must lie in [{low}, {high}], got {int(value)}.")
-    return int(imgsz), int(batch)
+    from .recipe import parse_int
+
+    return parse_int(imgsz, "imgsz", MIN_IMGSZ, MAX_IMGSZ), parse_int(batch, "batch", 1, MAX_BATCH)
 
 
 def check_batch_memory(imgsz: int, batch: int, device: torch.device) -> None:
@@ -84,6 +80,9 @@ def select_device_checked(device: Any) -> torch.device:
     """Ultralytics' ``select_device`` with one sentence for a device that does not exist or cannot validate."""
     from ultralytics.utils.torch_utils import select_device
 
+    from .recipe import check_device
+
+    device = check_device(device)  # the one syntax and availability check (recipes, scoring, the CLI)
     try:
         with quiet_ultralytics(True), torch_threads(None):  # select_device lowers torch's threads for training loaders
             selected = select_device("" if device is None else device, verbose=False)

@@ -14,6 +14,7 @@ from .errors import TaskVecError
 
 MAX_TENSOR_VALUES = 2**25  # one tensor: 33.5 M values (134 MB in fp32); Ultralytics' largest: 11.1 M
 MAX_MODEL_VALUES = 2**28  # one model or one vector file, all tensors: 268 M values (1 GiB in fp32); largest: 173 M
+MIN_IMGSZ = 32  # the largest YOLO stride
 MAX_IMGSZ = 8192
 MAX_BATCH = 1024
 GB = 1e9

@@ -29,6 +29,7 @@ from typing import Any
 
 from . import bn as bn_policy
 from .errors import TaskVecError
+from .limits import MAX_IMGSZ, MIN_IMGSZ
 from .methods import get_method
 from .parts import PARTS, check_selection
 from .taskvector import Scale, check_scale, normalize_scale
@@ -40,7 +41,6 @@ UNMATCHED = ("error", "carry")
 PART_KEYS = ("*", "head", *PARTS)
 MODEL_SUFFIXES = (".pt", ".safetensors")
 MAX_BN_BATCHES = 10_000
-MIN_IMGSZ, MAX_IMGSZ = 32, 4096
 REPAIR_MODES = ("pseudo", "distill")
 MAX_REPAIR_EPOCHS = 300
 MAX_SHARE = 1000  # the real bound (the base's head index) is checked against the loaded base
@@ -322,6 +322,8 @@ class Recipe:
         if not inputs:
             raise RecipeError("a recipe needs at least one input (a fine-tuned model or a task vector).")
         method.check_count(len(inputs))
+        if all(i.weight == 0 for i in inputs):
+            raise RecipeError("all weights are zero, so the merge would be the base unchanged; give at least one non-zero weight.")
         names = [i.name for i in inputs if i.name]
         if len(set(names)) < len(names):
             raise RecipeError(f"two inputs share the name '{next(n for n in names if names.count(n) > 1)}'; names must be unique.")

@@ -47,6 +47,7 @@ from .data import (
     load_data,
 )
 from .errors import OutputError, TaskVecError
+from .limits import MAX_BATCH
 from .merging import vector_id
 from .plain import plain
 from .recipe import (
@@ -71,7 +72,6 @@ SPLITS = ("val", "test", "train")
 RESULTS_FORMAT = "yolo-taskvec-results/2"
 SELECT_SUFFIX = ".select"
 SELECT_PREFIX = "train:"
-MAX_BATCH = 1024
 
 
 # ----------------------------------------------------------------------------------------------- scoring
