@@ -7,6 +7,7 @@ Validation tests replace the checkpoint loader with a tripwire: a recipe error m
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -362,3 +363,13 @@ def test_benchmarks_examples_and_notebooks_use_the_public_api():
     assert not stale, f"exceptions no longer needed (remove them from INTERNAL_IMPORT_EXCEPTIONS): {stale}"
     assert {"common.py", "train_with_taskvec.py", "merge_then_validate.ipynb"} <= set(sources)  # every folder is scanned
     assert not any(n.startswith("_") and n != "__version__" for n in yolo_taskvec.__all__)
+
+
+def test_every_recipe_field_is_a_key_of_every_merging_mode():
+    """A field added to Recipe is a CLI key of merge, apply, sweep and search at once (one list in the CLI)."""
+    from yolo_taskvec.cli import MODES
+
+    fields = {f.name for f in dataclasses.fields(Recipe)} - {"base", "inputs", "params", "base_sha256"}
+    for name in ("merge", "sweep", "search"):
+        assert fields <= set(MODES[name][1]), (name, sorted(fields - set(MODES[name][1])))
+    assert fields - {"weights", "method"} <= set(MODES["apply"][1])  # apply: base + scale·Σ vectors (task arithmetic)

@@ -160,7 +160,6 @@ YOLO_CLASHES = {
     "workers": "yolo: dataloader worker processes; here: trials run in parallel",
     "seed": "yolo: the training seed; here: the seed of random merge methods and of the selection split",
 }
-RECIPE_KEYS = ("cfg", "base", "models", "vectors", "weights", "method", "scale", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force", "share", "repair", "repair_images", "repair_conf", "repair_mode")
 SCORING_KEYS = ("data", "select", "reference", "metric", "objective", "batch", "half", "conf", "iou", "split")
 RUN_KEYS = ("out", "project", "name", "exist_ok", "best", "verbose")
 
@@ -254,7 +253,9 @@ def _method_params(extra: dict[str, str]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- recipes from arguments
-_RAW_RECIPE = ("base", "models", "vectors", "weights", "method", "scale", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force", "share", "repair", "repair_images", "repair_conf", "repair_mode")
+_RECIPE_FIELDS = ("weights", "method", "scale", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize", "seed", "device", "imgsz",
+                  "force", "share", "repair", "repair_images", "repair_conf", "repair_mode")  # Recipe's fields as CLI keys (one list for every mode)
+_RAW_RECIPE = ("base", "models", "vectors", *_RECIPE_FIELDS)
 _RAW_SCORING = ("data", "select", "reference", "metric", "objective", "batch", "half", "conf", "iou", "split", "device", "imgsz")
 
 
@@ -329,7 +330,7 @@ def run_extract(args: dict[str, Any]) -> None:
         print(f"carried {len(tv.absolute)} tensors as absolute values (no same-shape base counterpart)")
 
 
-_MERGE_KEYS = ("cfg", "base", "method", "scale", "weights", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize", "seed", "device", "imgsz", "force", "out", "exist_ok")
+_MERGE_KEYS = ("cfg", "base", *_RECIPE_FIELDS, "out", "exist_ok")
 
 
 @mode("apply", ("vectors", *[k for k in _MERGE_KEYS if k != "method"]), "base + scale·Σ vectors, saved as an Ultralytics checkpoint (with its recipe and model card)")
@@ -485,8 +486,7 @@ def run_demo(args: dict[str, Any]) -> None:
          exist_ok=get(args, "exist_ok"), select=args.get("select", "train:0.2"))
 
 
-_RUN_ARGS = ("cfg", "base", "weights", *_RAW_SCORING[:-2], "method", "scale", "parts", "bn", "bn_data", "bn_batches", "classes", "duplicates", "unmatched", "orthogonalize",
-             "seed", "device", "imgsz", "force", "out", "project", "name", "exist_ok", "best", "verbose")
+_RUN_ARGS = ("cfg", "base", *_RAW_SCORING[:-2], *_RECIPE_FIELDS, "out", "project", "name", "exist_ok", "best", "verbose")
 
 
 _BACKEND_OPTIONS = ("backend", "address", "workers", "cpus_per_trial", "gpus_per_trial")
