@@ -321,10 +321,13 @@ def _recalibrate_shared(module: nn.Module, share: int, data: Any, batches: int, 
 # ----------------------------------------------------------------------------------------------- cost
 def gflops(model: Any, imgsz: int = 640) -> float:
     """GFLOPs of one forward pass at ``imgsz`` as Ultralytics predicts it (a fused copy: BatchNorm folded, the unused
-    one-to-many or one-to-one branch removed); 0.0 if Ultralytics cannot count (no thop)."""
+    one-to-many or one-to-one branch removed) of a model (path, ``YOLO`` or module); 0.0 if Ultralytics cannot count."""
     from ultralytics.utils.torch_utils import get_flops
 
+    from .checkpoint import load_model
+
     module = model.model if hasattr(model, "predictor") else model
+    module = module if isinstance(module, nn.Module) else load_model(module).module
     fused = copy.deepcopy(module).float().eval()
     fused = fused.fuse(verbose=False) if hasattr(fused, "fuse") else fused
     return float(get_flops(fused, imgsz))
