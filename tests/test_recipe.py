@@ -148,7 +148,7 @@ def test_recipe_written_by_a_run_reproduces_the_merge_bit_for_bit(base_pt, night
     argv = ["merge", f"base={base_pt}", f"models={night_pt},{raccoon}", "method=dare", "p=0.7", "seed=3", "weights=1,0.5", "scale=backbone=0.5,*=1", "classes=base", "out=first.pt"]
     assert main(argv) == 0, capsys.readouterr().err
     recipe = yaml.safe_load((tmp_path / "first.recipe.yaml").read_text())
-    assert recipe["method"] == "dare" and recipe["params"] == {"p": 0.7} and recipe["seed"] == 3 and recipe["classes"] == "base"
+    assert recipe["method"] == "dare" and recipe["params"]["p"] == 0.7 and recipe["seed"] == 3 and recipe["classes"] == "base"
     assert recipe["inputs"][1]["weight"] == 0.5 and len(recipe["inputs"][1]["sha256"]) == 64 and Path(recipe["base"]).is_absolute()
     other = tmp_path / "elsewhere"
     other.mkdir()
@@ -167,7 +167,7 @@ def test_provenance_survives_save_info_convert_info(base_pt, night_pt, tmp_path,
     merged = merge(str(base_pt), [str(night_pt)], method="ties", density=0.3, scale=0.6, seed=2)
     saved = save(merged, tmp_path / "merged.pt")
     card = (tmp_path / "merged.md").read_text()
-    assert "ties (density=0.3)" in card and "| scale | 0.6 |" in card and "yolo-taskvec merge cfg=merged.recipe.yaml" in card
+    assert "ties (density=0.3," in card and "| scale | 0.6 |" in card and "yolo-taskvec merge cfg=merged.recipe.yaml" in card
     ckpt = torch.load(saved, weights_only=False)
     provenance = ckpt["taskvec"]
     assert provenance["recipe"]["params"] == {"density": 0.3} and provenance["versions"]["ultralytics"]
@@ -176,11 +176,12 @@ def test_provenance_survives_save_info_convert_info(base_pt, night_pt, tmp_path,
     capsys.readouterr()
     assert main(["info", f"model={saved}"]) == 0
     info = capsys.readouterr().out
-    assert "merge: ties (density=0.3), scale 0.6, bn merge" in info and checkpoint_sha(night_pt)[:16] in info
+    assert "merge: ties (density=0.3," in info and "scale 0.6, bn merge" in info and checkpoint_sha(night_pt)[:16] in info
     assert main(["convert", f"model={saved}", f"out={tmp_path / 'merged.safetensors'}"]) == 0
     capsys.readouterr()
     assert main(["info", f"model={tmp_path / 'merged.safetensors'}"]) == 0
-    assert "merge: ties (density=0.3), scale 0.6" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "merge: ties (density=0.3," in out and "scale 0.6" in out
     assert main(["convert", f"model={tmp_path / 'merged.safetensors'}", f"out={tmp_path / 'back.pt'}"]) == 0
     back = torch.load(tmp_path / "back.pt", weights_only=False)["taskvec"]
     assert back["recipe"] == provenance["recipe"] and back["converted_from"] == "merged.safetensors"

@@ -87,13 +87,14 @@ def test_every_shared_checkpoint_loads_restricted(name, monkeypatch):
 
 
 @pytest.mark.smoke
-def test_malicious_pickle_refused_by_default(evil, tmp_path, monkeypatch):
+def test_malicious_pickle_refused_by_default(evil, tmp_path, monkeypatch, night_vector):
     path, marker = evil
+    vector = night_vector.save(tmp_path / "night.safetensors")  # a real vector: the base is what gets refused
     monkeypatch.delenv(TRUST_ENV, raising=False)
     with pytest.raises(CheckpointError, match=REFUSED):
         load_model(path)
     assert not marker.exists()
-    run = run_cli("apply", f"base={path}", "vectors=x.safetensors", f"out={tmp_path / 'm.pt'}", env=clean_env())
+    run = run_cli("apply", f"base={path}", f"vectors={vector}", f"out={tmp_path / 'm.pt'}", env=clean_env())
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert "refused to load" in run.stderr and "trust=True" in run.stderr and "Traceback" not in run.stderr
     assert not marker.exists() and not (tmp_path / "m.pt").exists()
