@@ -170,7 +170,7 @@ def test_provenance_survives_save_info_convert_info(base_pt, night_pt, tmp_path,
     assert "ties (density=0.3," in card and "| scale | 0.6 |" in card and "yolo-taskvec merge cfg=merged.recipe.yaml" in card
     ckpt = torch.load(saved, weights_only=False)
     provenance = ckpt["taskvec"]
-    assert provenance["recipe"]["params"] == {"density": 0.3} and provenance["versions"]["ultralytics"]
+    assert provenance["recipe"]["params"]["density"] == 0.3 and provenance["versions"]["ultralytics"]
     assert [f["sha256"] for f in provenance["files"]] == [checkpoint_sha(base_pt), checkpoint_sha(night_pt)]
     assert ckpt["train_args"]["mode"] == "merge" and ckpt["train_args"]["epochs"] == 0
     capsys.readouterr()
