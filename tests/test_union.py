@@ -197,7 +197,7 @@ def test_union_validates_on_every_task(method, scale, union_ta, base, tasks, vie
         value = model.val(data=str(yaml), **VAL).box.map
         assert value > 0, f"{method}: union mAP50-95 on {task} is 0"
         normalized[task] = round(float(value) / SPECIALISTS[task], 3)
-    print(f"\n{method} scale {scale} bn {model.ckpt['taskvec']['bn']}: normalized mAP50-95 {normalized}")
+    print(f"\n{method} scale {scale} bn {model.ckpt['taskvec']['recipe']['bn']}: normalized mAP50-95 {normalized}")
 
 
 def test_bn_policies_keep_each_tasks_class_branch_statistics(base, tasks):
