@@ -251,6 +251,8 @@ class Studio:
             scale, weights = {g: w * s for g, s in parts.items()}, [1.0]
         else:
             scale, weights = parts, [w for _, w in setting.weights]
+            if not any(weights):  # every slider at 0: the base itself (a recipe refuses all-zero weights)
+                scale, weights = dict.fromkeys(parts, 0.0), [1.0] * len(weights)
         if len(set(scale.values())) == 1:
             scale = next(iter(scale.values()))
         return self.prepared.recipe.replace(weights=weights, scale=scale, method=setting.method, params=dict(setting.params), bn=setting.bn, seed=setting.seed, orthogonalize=setting.orthogonalize)
