@@ -321,7 +321,7 @@ def test_nan_checkpoint_is_refused_by_validation(tmp_path, base_pt, capsys):
         (["apply", "base=a.pt", "out=a.pt", "out=b.pt"], r"argument out= is given twice \(a\.pt and b\.pt\); give it once\.$"),
         (["apply", "base=a.pt", "vectors=b.safetensors", "scale=1_0"], r"scale: '1_0' is not a number\.$"),
         (["merge", "base=a.pt", "models=b.pt", "seed=1_000"], r"seed must be an integer, got '1_000'\.$"),
-        (["merge", "base=a.pt", "models=b.pt,c.pt", "weights=0,0"], r"all weights are zero, so the merge would be the base unchanged; give at least one non-zero weight\.$"),
+        (["merge", "base=a.pt", "models=b.pt,c.pt", "weights=0,0", "out=m.pt"], r"all weights are zero, so the merge would be the base unchanged; give at least one non-zero weight\.$"),
         (["info", "trust=perhaps"], r"trust: 'perhaps' is not true or false\.$"),
     ],
 )

@@ -179,4 +179,6 @@ def merge(recipe: Recipe) -> Any:
     """Prepare and build one recipe: the merged ``ultralytics.YOLO``."""
     if not isinstance(recipe, Recipe):
         raise RecipeError(f"merge needs a Recipe, got {type(recipe).__name__}.")
+    if all(w == 0 for w in recipe.weights):  # one merge asked for by name (a sweep's (0, 0) point is the base, on purpose)
+        raise RecipeError("all weights are zero, so the merge would be the base unchanged; give at least one non-zero weight.")
     return build_merged(prepare(recipe))

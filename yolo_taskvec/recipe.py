@@ -322,8 +322,6 @@ class Recipe:
         if not inputs:
             raise RecipeError("a recipe needs at least one input (a fine-tuned model or a task vector).")
         method.check_count(len(inputs))
-        if all(i.weight == 0 for i in inputs):
-            raise RecipeError("all weights are zero, so the merge would be the base unchanged; give at least one non-zero weight.")
         names = [i.name for i in inputs if i.name]
         if len(set(names)) < len(names):
             raise RecipeError(f"two inputs share the name '{next(n for n in names if names.count(n) > 1)}'; names must be unique.")
