@@ -82,7 +82,7 @@ def test_validation_writes_no_label_cache_and_scores(tmp_path, base_pt):
     from yolo_taskvec.evaluation import evaluate
 
     root = tmp_path / "coco8"
-    shutil.copytree(DATASETS / "coco8", root, symlinks=True)
+    shutil.copytree(DATASETS / "coco8", root, symlinks=True, ignore=shutil.ignore_patterns("*.cache"))  # an earlier plain YOLO.val may have left one in the overlay
     yaml = tmp_path / "coco8.yaml"
     yaml.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n" + "".join(f"  {i}: c{i}\n" for i in range(80)))
     row = next(iter(evaluate(base_pt, yaml, imgsz=128, batch=4, device="cpu", progress=False)))
