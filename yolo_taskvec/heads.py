@@ -53,13 +53,22 @@ import torch
 from torch import nn
 
 from .checkpoint import LoadedModel, build_module, replace_submodule
+from .classunion import (
+    ClassUnion,
+    Unit,
+    class_branch_units,
+    class_names,
+    clean_names,
+    union_classes,
+    vector_names,
+    yaml_str,
+)
 from .errors import DataError, MismatchError, OutputError, TaskVecError
 from .parts import check_selection, matches
+from .recipe import DUPLICATE_RULES
 from .taskvector import TaskVector
-from .classunion import ClassUnion, Unit, class_names, clean_names, class_branch_units, short_names, union_classes, vector_names, yaml_str  # noqa: F401  (union_classes: heads' public name)
 
 CLASS_BRANCHES = ("cv3", "one2one_cv3")
-DUPLICATE_RULES = ("mean", "first")
 CLS_PART = "head.cls"
 VIEW_MARKER = ".yolo-taskvec-view"
 
