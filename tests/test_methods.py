@@ -10,11 +10,12 @@ from conftest import weight
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from yolo_taskvec import TaskVector, merge, method_names
+from yolo_taskvec import TaskVector, merge, merging, method_names
+from yolo_taskvec import bn as bn_module
 from yolo_taskvec.cli import main
 from yolo_taskvec.errors import TaskVecError
 from yolo_taskvec.merging import merge_states
-from yolo_taskvec.methods import arithmetic, get_method, orthogonalize, sparse
+from yolo_taskvec.methods import arithmetic, get_method, memory, orthogonalize, sparse
 from yolo_taskvec.methods.masks import disjoint_masks
 
 METHODS = method_names()
@@ -507,6 +508,67 @@ def test_merged_running_var_stays_positive(seed, scale, name):
         assert "non-positive" in str(e)
     else:
         assert bool((merged["bn.running_var"] > 0).all())
+
+
+def varied_state(seed: int, n: int) -> tuple[dict[str, torch.Tensor], list[TaskVector]]:
+    """A base with many small tensors of odd and even sizes, one above the driver's group limit and BatchNorm
+    statistics, and n vectors over it: one lacks a tensor, one holds an fp16 delta."""
+    shapes = [(5, 3, 3, 3), (7,), (16, 8, 1, 1), (3, 3), (33,), (12, 6, 3, 3), (1,), (150, 140)]
+    base = {f"layer{i}.weight": randn(shape, seed + i) for i, shape in enumerate(shapes)}
+    for i in range(3):
+        base[f"layer{i}.bn.running_mean"] = randn((9 + i,), seed + 20 + i)
+        base[f"layer{i}.bn.running_var"] = 0.5 + randn((9 + i,), seed + 30 + i).abs()
+        base[f"layer{i}.bn.num_batches_tracked"] = torch.tensor(7)
+    vectors = []
+    for j in range(n):
+        deltas = {k: randn(v.shape, seed + 100 * (j + 1) + i, 0.1 * v.abs().mean().item()) for i, (k, v) in enumerate(base.items()) if v.is_floating_point()}
+        if j == 1:
+            del deltas["layer3.weight"], deltas["layer1.bn.running_var"]
+            deltas["layer5.weight"] = deltas["layer5.weight"].half()
+        vectors.append(TaskVector(deltas, meta={"name": f"v{j}"}))
+    return base, vectors
+
+
+GROUPED = [
+    ("task_arithmetic", {}), ("average", {}), ("ties", {}), ("ties", {"election": "count", "normalize": False, "cutoff": "kth_value"}),
+    ("dare", {"p": 0.5}), ("dare", {"p": 0.7, "rescale": "none"}), ("dare_ties", {"p": 0.5}), ("magnitude_prune", {}), ("breadcrumbs", {}), ("breadcrumbs_ties", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "params"), GROUPED)
+@pytest.mark.parametrize("bn", ["merge", "mixture"])
+def test_small_tensors_merged_together_equal_one_by_one(name, params, bn, monkeypatch):
+    """The driver merges small learned tensors (and BatchNorm statistics) in groups: bit for bit as one by one."""
+    base, vectors = varied_state(3, 3)
+    weights = [1.0, -0.5, 2.0]
+    grouped, report = merge_states(base, vectors, name, weights=weights, scale=0.4, params=params, bn=bn, seed=5)
+    monkeypatch.setattr(merging, "GROUP_MAX", -1)
+    monkeypatch.setattr(bn_module, "GROUP", -1)
+    alone, alone_report = merge_states(base, vectors, name, weights=weights, scale=0.4, params=params, bn=bn, seed=5)
+    assert_states_equal(grouped, alone)
+    assert report.merged == alone_report.merged and report.fresh == alone_report.fresh
+
+
+def test_random_draws_of_a_group_are_each_tensors_own():
+    sizes = [3, 5, 8, 1, 7, 20000]
+    together = sparse.draw32(torch.empty(sum(sizes)), [torch.Generator().manual_seed(100 + i) for i in range(len(sizes))], sizes, 0.6)
+    alone = [sparse.draw32(torch.empty(n), [torch.Generator().manual_seed(100 + i)], [n], 0.6) for i, n in enumerate(sizes)]
+    assert torch.equal(together, torch.cat(alone))
+    assert abs(float(together.mean()) - sparse.keep32(0.6)) < 0.02
+
+
+def test_fresh_outputs_own_their_storage():
+    like = torch.empty(0)
+    with memory.arena(3 << 20):
+        pieces = [memory.empty((n,), like=like) for n in (1 << 16, 1 << 15, 100, 1 << 18)]
+    alone = memory.empty((1 << 20,), like=like)  # its own mapping
+    for value, t in enumerate([*pieces, alone]):
+        t.fill_(value)
+    assert [float(t.sum()) for t in pieces + [alone]] == [value * t.numel() for value, t in enumerate([*pieces, alone])]
+    assert len({t.untyped_storage().data_ptr() for t in pieces + [alone]}) == 5
+    flat = torch.arange(40.0)
+    a, b = memory.views(flat, [torch.empty(2, 3, 4), torch.empty(16)])
+    assert torch.equal(a, flat[:24].view(2, 3, 4)) and torch.equal(b, flat[24:]) and a.is_contiguous()
 
 
 def test_statistics_follow_each_methods_coefficients():

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from .errors import TaskVecError
+from .methods.memory import flat, runs, views
 
 POLICIES = ("merge", "mixture", "geometric", "base", "recalibrate")
 DEFAULT = "merge"
@@ -78,17 +79,56 @@ def merge_statistics(
     check_policy(policy)
     if keeps_base(policy):
         return {}
-    out: dict[str, torch.Tensor] = {}
+    linear = [k for k in keys if k.endswith(MEAN) or policy == "merge"]
+    out = _linear_statistics(base, linear, deltas, weights, scale)
     for key in keys:
+        if key in out:
+            continue
         lam, ds = scale(key), list(deltas(key))
-        if key.endswith(MEAN) or policy == "merge":
-            out[key] = torch.add(base[key], _weighted(ds, weights, base[key]), alpha=lam)
-        elif policy == "geometric":
+        if policy == "geometric":
             out[key] = _geometric_var(key, base[key], ds, [lam * w for w in weights])
         else:
             out[key] = _mixture_var(base[key], list(deltas(layer_of(key) + MEAN)), ds, [lam * w for w in weights])
     check_variances(out)
     return out
+
+
+GROUP = 1 << 16  # entries: fp32 CPU statistics of one part are merged together in runs of at most this many
+
+
+def _linear_statistics(base: Mapping[str, torch.Tensor], keys: Sequence[str], deltas: Callable[[str], Sequence[torch.Tensor | None]], weights: Sequence[float],
+                       scale: Callable[[str], float]) -> dict[str, torch.Tensor]:
+    """``base + scale · Σ wᵢ dᵢ`` per key; fp32 CPU statistics of the same scale concatenated and merged at once
+    (the same operations per entry as one by one), the results views of one new buffer per run."""
+    out: dict[str, torch.Tensor] = {}
+    by_scale: dict[float, list[str]] = {}
+    for key in keys:
+        b = base[key]
+        if b.dtype != torch.float32 or b.device.type != "cpu" or b.numel() > GROUP:
+            out[key] = torch.add(b, _weighted(list(deltas(key)), weights, b), alpha=scale(key))
+        else:
+            by_scale.setdefault(scale(key), []).append(key)
+    for lam, group in by_scale.items():
+        for run in runs(group, [base[k].numel() for k in group], GROUP):
+            out.update(_linear_run(base, run, deltas, weights, lam))
+    return out
+
+
+def _linear_run(base: Mapping[str, torch.Tensor], keys: list[str], deltas: Callable[[str], Sequence[torch.Tensor | None]], weights: Sequence[float], lam: float) -> dict[str, torch.Tensor]:
+    like = [base[k] for k in keys]
+    sizes = [t.numel() for t in like]
+    per_key = [list(deltas(k)) for k in keys]
+    acc = torch.zeros(sum(sizes), dtype=torch.float32)  # as _weighted: Σ wᵢ dᵢ from zero, in order
+    for i, w in enumerate(weights):
+        if any(ds[i] is not None for ds in per_key):  # a missing delta is zero (as _weighted skips it)
+            acc.add_(torch.cat([_flat(ds[i]) if ds[i] is not None else torch.zeros(n, dtype=torch.float32) for ds, n in zip(per_key, sizes)]), alpha=w)
+    merged = torch.add(torch.cat([_flat(t) for t in like]), acc, alpha=lam, out=acc)
+    return dict(zip(keys, views(merged, like)))
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a 1-D fp32 tensor."""
+    return flat(t if t.dtype == torch.float32 else t.float())
 
 
 def _weighted(deltas: Sequence[torch.Tensor | None], weights: Sequence[float], like: torch.Tensor) -> torch.Tensor:
@@ -129,6 +169,9 @@ def _geometric_var(key: str, b: torch.Tensor, deltas: Sequence[torch.Tensor | No
 
 def check_variances(stats: Mapping[str, torch.Tensor]) -> None:
     """Refuse merged running variances that are not positive, naming the layers and the ways out."""
+    variances = [v for k, v in stats.items() if k.endswith(VAR)]
+    if variances and all(v.device.type == "cpu" for v in variances) and bool((torch.cat([flat(v) for v in variances]) > 0).all()):
+        return  # one test for all, the usual case (otherwise each is tested below, as before)
     bad = [k for k, v in stats.items() if k.endswith(VAR) and bool((v <= 0).any())]
     if bad:
         n = sum(int((stats[k] <= 0).sum()) for k in bad)

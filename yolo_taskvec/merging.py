@@ -11,12 +11,19 @@ one tensor's inputs (the base's and each vector's copy of the tensor being merge
 Cost: the driver adds little to the method's own arithmetic. Vector ids (the canonical order) are computed once per
 vector and cached while its tensors are unchanged (same storage and version counter; in-place edits through
 ``.data`` or NumPy views are not seen), a part's scale is resolved once per part, and a method's ``apply`` (base +
-α·merged in one streaming pass, where the method has one) writes each merged tensor once.
+α·merged in one streaming pass, where the method has one) writes each merged tensor once. Small learned fp32 CPU
+tensors (up to ``GROUP_MAX`` entries; hundreds in a YOLO model) are merged together where the method declares
+``grouped``: concatenated, in runs of up to ``GROUP_BATCH`` entries, into buffers reused across runs, merged as one
+tensor with per-tensor cut-offs and generators (bit for bit what one by one gives), and returned as views of one
+new buffer per run (non-overlapping: ``torch.save`` and safetensors keep them apart). BatchNorm statistics of one
+scale are merged together likewise (``bn``). On CPU, the merged tensors are cut from one mapping per merge advised
+for transparent huge pages (``memory.arena``), each with its own storage.
 """
 
 from __future__ import annotations
 
 import hashlib
+import operator
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +33,9 @@ import torch
 
 from . import bn as bn_policy
 from .errors import MismatchError, TaskVecError
-from .methods import get_method
+from .methods import get_method, memory
 from .methods import orthogonalize as orthogonalize_deltas
+from .methods.memory import scratch
 from .methods.registry import Method
 from .parts import Layout
 from .taskvector import (
@@ -83,13 +91,33 @@ _IDS: dict[int, tuple[weakref.ref, tuple, str]] = {}  # id(vector) -> (weak refe
 
 
 def _signature(tv: TaskVector) -> tuple:
-    """What identifies a vector's tensors without reading them: keys, storages, in-place version counters."""
-    return (tuple((k, t.data_ptr(), t._version, t.shape) for k, t in tv.deltas.items()), tuple(tv.absolute))
+    """What identifies a vector's tensors without reading them: keys, storages, in-place version counters, shapes
+    (read with ``map``: no Python frame per tensor)."""
+    values = tuple(tv.deltas.values())
+    return tuple(tv.deltas), tuple(map(torch.Tensor.data_ptr, values)), tuple(map(_VERSION, values)), tuple(map(_SHAPE, values)), tuple(tv.absolute)
+
+
+_VERSION, _SHAPE = operator.attrgetter("_version"), operator.attrgetter("shape")
 
 
 def _rng(seed: int, key: str, vid: str) -> torch.Generator:
     digest = hashlib.sha256(f"{seed}|{key}|{vid}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+class _Generators(Sequence):
+    """The generators ``_rng(seed, key, vid)`` of a run of keys, made when read (each holds 5 KB of state)."""
+
+    def __init__(self, seed: int, keys: list[str], vid: str):
+        self.seed, self.keys, self.vid = seed, keys, vid
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int | slice) -> torch.Generator | list[torch.Generator]:
+        if isinstance(i, slice):
+            return [_rng(self.seed, k, self.vid) for k in self.keys[i]]
+        return _rng(self.seed, self.keys[i], self.vid)
 
 
 def check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -145,31 +173,45 @@ def merge_states(
     keys = sorted({k for v in vectors for k in v.deltas})
     stats = []
     fresh = []
+    grouped = method.grouped is not None and method.grouped(resolved) and not orthogonalize
+    learned: list[tuple[str, str]] = []  # (key, part) merged one by one
+    small: dict[str, list[str]] = {}  # part -> small learned tensors, merged together
     for key in keys:
-        if key not in base:
+        b = base.get(key)
+        if b is None:
             raise MismatchError(f"task vector tensor {key} has no counterpart in the base.")
-        b = base[key]
         if not is_mergeable(key, b):
             continue
         if is_bn_stat(key):
             stats.append(key)
             continue
-        if device is not None and b.device != device:
-            b = b.to(device)
-        ds = [_delta_for(v, key, b) for v in vectors]
         part = part_of(key)
-        rngs = [_rng(seed, key, vid) for vid in vids] if method.random else None
-        if orthogonalize:
-            ds = orthogonalize_deltas(ds)
-        out[key] = _apply(method, ds, weights, b, scale_of(part), rngs, resolved)
-        fresh.append(key)
-        report.merged[part] = report.merged.get(part, 0) + 1
+        if grouped and b.numel() <= GROUP_MAX and b.dtype == torch.float32 and b.is_cpu and (device is None or device.type == "cpu"):
+            small.setdefault(part, []).append(key)
+        else:
+            learned.append((key, part))
+    batches = {part: memory.runs(group, [base[k].numel() for k in group], GROUP_BATCH) for part, group in small.items()}
+    with memory.arena(_reserve(base, learned, batches, device)):  # the outputs on huge pages (CPU)
+        for key, part in learned:
+            b = base[key] if device is None or base[key].device == device else base[key].to(device)
+            ds = [_delta_for(v, key, b) for v in vectors]
+            rngs = [_rng(seed, key, vid) for vid in vids] if method.random else None
+            if orthogonalize:
+                ds = orthogonalize_deltas(ds)
+            out[key] = _apply(method, ds, weights, b, scale_of(part), rngs, resolved)
+            fresh.append(key)
+            report.merged[part] = report.merged.get(part, 0) + 1
+        for part, runs in batches.items():
+            for batch in runs:
+                out.update(_apply_group(method, batch, base, vectors, weights, scale_of(part), vids, seed, resolved))
+            fresh += small[part]
+            report.merged[part] = report.merged.get(part, 0) + len(small[part])
     stat_w = method.stat_weights(weights, resolved)
     merged_stats = bn_policy.merge_statistics(
         bn,
         {k: (base[k].to(device) if device is not None else base[k]) for k in stats},
         stats,
-        lambda k: [_delta_for(v, k, base[k], device) if k in v.deltas else None for v in vectors],
+        lambda k: _stat_deltas(vectors, k, base[k], device),
         stat_w,
         lambda k: scale_of(part_of(k)),
     )
@@ -196,6 +238,52 @@ def _apply(method: Method, ds: list[torch.Tensor], weights: Sequence[float], b: 
     merged = method.fn(ds, list(weights), base=b, rngs=rngs, **params)
     owned = all(merged.untyped_storage().data_ptr() != t.untyped_storage().data_ptr() for t in (*ds, b))
     return torch.add(b, merged, alpha=alpha, out=merged if owned else None)
+
+
+GROUP_MAX = 1 << 14  # learned tensors up to this many entries (fp32, CPU) are merged together, where the method can
+GROUP_BATCH = 1 << 15  # entries per group (one chunk of the streaming methods; its n + 1 input buffers are reused)
+
+
+def _reserve(base: Mapping[str, torch.Tensor], learned: list[tuple[str, str]], batches: Mapping[str, list[list[str]]], device: torch.device | None) -> int:
+    """Bytes of the (fp32) outputs that ``memory.empty`` cuts from the merge's arena (``memory.arena_size``)."""
+    if device is not None and device.type != "cpu":
+        return 0
+    return memory.arena_size([base[k].numel() * 4 for k, _ in learned] + [sum(base[k].numel() for k in batch) * 4 for runs in batches.values() for batch in runs])
+
+
+def _apply_group(method: Method, keys: list[str], base: Mapping[str, torch.Tensor], vectors: Sequence[TaskVector], weights: Sequence[float], alpha: float, vids: list[str], seed: int, params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Small tensors merged at once: the base's and each vector's tensors concatenated (into reused buffers), the
+    method run over them with their sizes (``segments``; random methods get each tensor's own generator, as one by
+    one), the result split into views of one new buffer."""
+    like = [base[k] for k in keys]
+    sizes = [t.numel() for t in like]
+    inputs = scratch("group", 1 + len(vectors), sum(sizes), torch.float32, like[0].device)  # reused: no page faults
+    b = torch.cat([memory.flat(t) for t in like], out=inputs[0])
+    ds = [torch.cat(_flat_deltas(v, keys, like), out=row) for v, row in zip(vectors, inputs[1:])]
+    rngs = [_Generators(seed, keys, vid) for vid in vids] if method.random else None
+    merged = method.apply(ds, list(weights), base=b, alpha=alpha, rngs=rngs, segments=sizes, **params)
+    return dict(zip(keys, memory.views(merged, like)))
+
+
+def _flat_deltas(v: TaskVector, keys: list[str], like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``v``'s deltas of ``keys`` flattened, as ``_delta_for`` gives them (zeros where missing, fp32, shapes checked)."""
+    deltas, out = v.deltas, []
+    for key, b in zip(keys, like):
+        d = deltas.get(key)
+        if d is None or d.dtype != torch.float32 or not d.is_cpu or d.shape != b.shape:
+            d = _delta_for(v, key, b)
+        out.append(memory.flat(d))
+    return out
+
+
+def _stat_deltas(vectors: Sequence[TaskVector], key: str, b: torch.Tensor, device: torch.device | None) -> list[torch.Tensor | None]:
+    """Each vector's delta of a statistic on ``device`` (None where it has none), as ``_delta_for`` gives it."""
+    target = device or b.device
+    out = []
+    for v in vectors:
+        d = v.deltas.get(key)
+        out.append(d if d is None or (d.dtype == torch.float32 and d.shape == b.shape and d.device == target) else _delta_for(v, key, b, device))
+    return out
 
 
 def _delta_for(v: TaskVector, key: str, b: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import memory
 from .registry import mean_stat_weights, register
 
 CHUNK = 1 << 16  # entries per chunk of the fused form: the chunk stays in L2 between its operations
@@ -23,13 +24,15 @@ def linear_apply(deltas: list[torch.Tensor], weights: list[float], *, base: torc
     Per entry the same operations as ``torch.add(base, weighted_sum(deltas, weights) / divisor, alpha=alpha)``.
     """
     if base.numel() <= CHUNK:  # one chunk: the driver's own operations, without the slicing
-        out = weighted_sum(deltas, weights)
+        out = torch.mul(deltas[0], weights[0], out=memory.empty(deltas[0].shape, like=deltas[0]))
+        for d, w in zip(deltas[1:], weights[1:]):
+            out.add_(d, alpha=w)
         if divisor != 1.0:
             out.div_(divisor)
         return torch.add(base, out, alpha=alpha, out=out)
     b = base.reshape(-1)
     flat = [d.reshape(-1) for d in deltas]
-    out = torch.empty_like(b)
+    out = memory.empty_like(b)
     for start in range(0, b.numel(), CHUNK):
         stop = min(b.numel(), start + CHUNK)
         target = torch.mul(flat[0][start:stop], weights[0], out=out[start:stop])
@@ -51,6 +54,7 @@ def average_weights(weights: list[float]) -> list[float]:
     doc="Sum of the weighted task vectors.",
     paper="Ilharco et al. 2023, Editing Models with Task Arithmetic (ICLR)",
     fused=linear_apply,
+    grouped=lambda params: True,  # elementwise: segments change nothing
 )
 def task_arithmetic(deltas: list[torch.Tensor], weights: list[float], **_: object) -> torch.Tensor:
     """``Σ w_i τ_i``; one vector of weight 1 is returned as it is (apply and swap: one pass over memory less)."""
@@ -70,6 +74,7 @@ def average_apply(deltas: list[torch.Tensor], weights: list[float], **kwargs: ob
     paper="Wortsman et al. 2022, Model soups (ICML)",
     stat_weights=mean_stat_weights,
     fused=average_apply,
+    grouped=lambda params: True,
 )
 def average(deltas: list[torch.Tensor], weights: list[float], **_: object) -> torch.Tensor:
     return weighted_sum(deltas, average_weights(weights)) if sum(weights) else torch.zeros_like(deltas[0])

@@ -79,6 +79,7 @@ class Method:
     prepare_weights: Callable[[list[float], Mapping[str, Any]], list[float]] = field(default=lambda w, p: list(w))
     check: Callable[[Mapping[str, Any]], str | None] | None = None
     fused: MethodFn | None = None
+    grouped: Callable[[Mapping[str, Any]], bool] | None = None
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults filled in, types coerced, ranges checked (also across parameters, by ``check``); unknown names
@@ -125,6 +126,7 @@ def register(
     prepare_weights: Callable | None = None,
     check: Callable | None = None,
     fused: MethodFn | None = None,
+    grouped: Callable | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Decorator adding a method to the registry.
 
@@ -134,10 +136,13 @@ def register(
     given*, before the driver puts the models in canonical order (slerp's ``t`` needs it).
     ``check(params)``: a sentence saying what is wrong with a combination of parameters, or None.
     ``fused(deltas, weights, *, base, alpha, rngs, **params)``: ``base + alpha · fn(...)`` in one streaming pass.
+    ``grouped(params)``: True where ``fused`` also takes ``segments=`` (sizes): the deltas and the base are then
+    concatenations of small tensors, merged at once exactly as one by one, and ``rngs`` holds one list of
+    generators per model, one per tensor (the driver groups small tensors this way: one operation for hundreds).
     """
 
     def wrap(fn: MethodFn) -> MethodFn:
-        extra = {k: v for k, v in (("stat_weights", stat_weights), ("prepare_weights", prepare_weights), ("check", check), ("fused", fused)) if v}
+        extra = {k: v for k, v in (("stat_weights", stat_weights), ("prepare_weights", prepare_weights), ("check", check), ("fused", fused), ("grouped", grouped)) if v}
         _REGISTRY[name] = Method(name, fn, doc, paper, tuple(params), random, min_models, max_models, **extra)
         return fn
 

@@ -27,20 +27,28 @@ the total Σt, the absolute mass Σ|t|, the weighted signs Σw·sign t and the w
 the agreeing mass is (Σt + σΣ|t|)/2 and its weight (Σw|sign t| + σΣw·sign t)/2 for the elected sign σ = ±1), so the
 election and the mean need one pass and no stack of all vectors. The steps are in-place tensor operations on a
 chunk that stays in the L2 cache, with buffers reused across tensors (``scratch``). The inputs are never modified.
+
+Cost per vector and chunk: a magnitude cut-off without ties is one ``hardshrink``, a mask one multiplication (one
+fused multiply-add into the sum without election); the first vector writes the accumulators, each further one
+adds to them in five operations (a sign, two additions, two fused multiply-adds); the election is g = [Σ ≥ 0],
+σ = 2g − 1 (``copysign`` is slow on CPU). ``SegmentSparsifier`` runs a concatenation of small tensors (the driver's
+groups) as one, each tensor's cut-offs and random draws its own, so the result is that of one by one.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+from . import memory
 from .arithmetic import linear_apply, weighted_sum
+from .memory import scratch
 from .registry import Param, mean_stat_weights, register
 
 SPARSIFY = ("none", "magnitude", "random", "outliers", "della")
@@ -59,23 +67,6 @@ RAW_BLOCK = 1 << 12  # 64-bit draws per numpy call (32 KB)
 TINY = torch.finfo(torch.float32).tiny
 
 
-# ----------------------------------------------------------------------------------------------- scratch
-_POOL = threading.local()
-
-
-def scratch(name: str, rows: int, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A ``(rows, size)`` scratch buffer kept between calls (per thread, name, dtype and device), so the chunk
-    buffers of a merge are not allocated, page-faulted and freed again for every tensor. Contents are undefined."""
-    pool = getattr(_POOL, "buffers", None)
-    if pool is None:
-        pool = _POOL.buffers = {}
-    key = (name, dtype, str(device))
-    buf = pool.get(key)
-    if buf is None or buf.shape[0] < rows or buf.shape[1] < size:
-        buf = pool[key] = torch.empty(max(rows, buf.shape[0] if buf is not None else 0), max(size, buf.shape[1] if buf is not None else 0), dtype=dtype, device=device)
-    return buf[:rows, :size]
-
-
 # ----------------------------------------------------------------------------------------------- counts, cut-offs
 def keep_count(numel: int, fraction: float) -> int:
     """How many entries a fraction keeps: ``int(fraction·numel)`` (rounded down, as mergekit and TIES), at least one
@@ -88,16 +79,29 @@ def select_in_place(values: torch.Tensor, *ks: int) -> list[float]:
 
     numpy's in-place introselect on CPU (about 10× faster than ``torch.kthvalue``), ``torch.kthvalue`` elsewhere.
     """
-    n = values.numel()
-    if not ks:
-        return []
-    if values.device.type == "cpu":  # one partition per index, each on the prefix left by the previous one
-        array, found, end = values.numpy(), {}, n  # (several indices in one call are ~10x slower in numpy)
-        for index in sorted({n - k for k in ks}, reverse=True):
-            array[:end].partition(index)
-            found[index], end = float(array[index]), index
-        return [found[n - k] for k in ks]
-    return [float(torch.kthvalue(values, n - k + 1).values) for k in ks]
+    if values.device.type == "cpu":
+        return select_numpy(values.numpy(), ks)
+    return [float(torch.kthvalue(values, values.numel() - k + 1).values) for k in ks]
+
+
+def select_numpy(array: np.ndarray, ks: Sequence[int]) -> list[float]:
+    """The k-th largest entries of a 1-D array (1 ≤ k ≤ len), reordering it in place: one partition per index, each
+    on the prefix left by the previous one (several indices in one call are ~10× slower in numpy)."""
+    n, found, end = array.size, {}, array.size
+    for index in sorted({n - k for k in ks}, reverse=True):
+        array[:end].partition(index)
+        found[index], end = float(array[index]), index
+    return [found[n - k] for k in ks]
+
+
+def cut_counts(n: int, density: float, gamma: float) -> tuple[int, int, int]:
+    """(kept, dropped from the top as outliers, dropped from the bottom) of ``n`` entries; density + gamma > 1:
+    fewer outliers are dropped, as mergekit."""
+    keep, top = keep_count(n, density), int(gamma * n)
+    bottom = n - keep - top
+    if bottom < 0:
+        top, bottom = top + bottom, 0
+    return keep, top, bottom
 
 
 def sample_stride(numel: int) -> int:
@@ -144,11 +148,14 @@ class Sparsifier:
     inverse keep probability where kept) or returns None (keep everything); chunks must come in order. ``factor`` is
     the vector's scalar rescale (1/(1−p) for DARE with ``inverse``, the L1 ratio with ``l1``, else 1).
 
-    Random masks come only from ``rng``. DARE on CPU tensors above ``RANDOM_BITS`` entries: raw 32-bit draws of a
-    numpy SFC64 generator seeded by ``rng`` (twice as fast as torch's), keep iff u ≥ round(p·2³²); smaller ones (no
-    generator to set up) and DELLA: float32 uniforms of ``rng`` itself (a 2⁻²⁴ grid on CPU), keep iff u ≥ p (DELLA:
-    u < p_i); other devices: a generator of that device seeded by ``rng``. ``keep_probability`` is the exact
-    probability of the grid, and the inverse rescale uses it. Float 0/1 masks: boolean kernels are slow on CPU.
+    Random masks come only from ``rng``. DARE on CPU: 32-bit draws, keep iff u ≥ round(p·2³²) — above
+    ``RANDOM_BITS`` entries from a numpy SFC64 generator seeded by ``rng`` (twice as fast as torch's), each u as a
+    high 16-bit half per entry and a low half drawn only where the high one ties with the cut-off's (one entry in
+    2¹⁶; ``_random_keep``), up to it (no generator to set up) from ``rng`` itself, two per 64-bit word
+    (``draw32``); DELLA: float32 uniforms of ``rng``
+    (a 2⁻²⁴ grid on CPU), keep iff u < p_i; other devices: a generator of that device seeded by ``rng``.
+    ``keep_probability`` is the exact probability of the grid, and the inverse rescale uses it. Float 0/1 masks:
+    boolean kernels are slow on CPU.
     """
 
     def __init__(self, flat: torch.Tensor, how: str, *, density: float, p: float, gamma: float, epsilon: float, cutoff: str, rescale: str, rng: torch.Generator | None, cols: int):
@@ -178,8 +185,7 @@ class Sparsifier:
         else:
             raise ValueError(f"unknown sparsification {how!r}")
         self.inverse = how == "della" and rescale == "inverse"
-        self.folded = how == "random" and rescale == "inverse"
-        self.marks_nonzero = self.how in ("magnitude", "outliers") and self.low > 0  # kept ⇒ |τ| ≥ low > 0
+        self.shrink = _below(self.low) if self.how == "magnitude" and self.ties is None and self.high == math.inf and 0 < self.low < math.inf else None
         if rescale == "l1" and self.how not in ("none", "drop_all"):
             self.factor = self._l1_ratio()
 
@@ -196,10 +202,7 @@ class Sparsifier:
 
     def _outlier_cutoffs(self, n: int, density: float, gamma: float, cutoff: str) -> None:
         """Keep ``low ≤ |τ| < high`` (``top_k``: ``low < |τ| < high`` plus the tied entries mergekit keeps)."""
-        keep, top = keep_count(n, density), int(gamma * n)
-        bottom = n - keep - top
-        if bottom < 0:  # density + gamma > 1: fewer outliers are dropped, as mergekit
-            top, bottom = top + bottom, 0
+        keep, top, bottom = cut_counts(n, density, gamma)
         if keep == 0:
             self.how = "drop_all"
         elif cutoff == "top_k":  # mergekit: sort(|τ|) ascending, keep positions [bottom, bottom + keep)
@@ -221,13 +224,9 @@ class Sparsifier:
 
     # -- random draws
     def keep_probability(self) -> float:
-        """DARE's exact keep probability: 32-bit draws P(u ≥ round(p·2³²)); CPU float32 uniforms k·2⁻²⁴ compared with
-        float32(p): 1 − ⌈float32(p)·2²⁴⌉/2²⁴; other devices 1 − p."""
-        if self.source == "bits":
-            return 1.0 - round(self.p * 2**32) / 2**32
-        if self.flat.device.type == "cpu":
-            return 1.0 - math.ceil(float(np.float32(self.p)) * 2**24) / 2**24
-        return 1.0 - self.p
+        """DARE's exact keep probability: on CPU 32-bit draws, P(u ≥ round(p·2³²)) = 1 − round(p·2³²)/2³²; other
+        devices (float32 uniforms) 1 − p."""
+        return keep32(self.p) if self.flat.device.type == "cpu" else 1.0 - self.p
 
     def restart(self) -> None:
         """Rewind the random stream (and the position of ``top_k`` ties) to the first chunk."""
@@ -244,14 +243,29 @@ class Sparsifier:
     def _random_keep(self, out: torch.Tensor) -> torch.Tensor:
         """DARE: 0/1 keep marks with P(1) = ``keep_probability()``."""
         if self.source == "torch":
+            if out.device.type == "cpu":
+                return draw32(out, [self.torch_rng], [out.numel()], self.p)
             return out.uniform_(generator=self.torch_rng).ge_(self.p)
-        n = out.numel()
-        raw = scratch("raw", 1, (n + 1) // 2, torch.int64, out.device)[0].numpy().view(np.uint64)
-        for start in range(0, raw.size, RAW_BLOCK):  # small draws: numpy's result buffers never reach mmap sizes
-            raw[start : start + RAW_BLOCK] = self.bit_generator.random_raw(min(RAW_BLOCK, raw.size - start))
-        # numpy writes the float 0/1 marks directly (torch would cast through a temporary of the chunk's size)
-        np.greater_equal(raw.view(np.int32)[:n], round(self.p * 2**32) - 2**31, out=out.numpy())
+        # u = 2¹⁶·hi + lo ≥ cut  ⇔  hi > cut_hi, or hi = cut_hi and lo ≥ cut_lo: the high halves decide all but
+        # one entry in 2¹⁶ (ties), whose low halves are drawn after the chunk's: 32-bit draws from 16 bits each
+        n, (top, low) = out.numel(), divmod(round(self.p * 2**32), 2**16)
+        hi = self._raw((n + 3) // 4, scratch("raw", 1, (n + 3) // 4, torch.int64, out.device)[0].numpy().view(np.uint64)).view(np.uint16)[:n]
+        marks = out.numpy()  # numpy writes the float 0/1 marks directly (torch would cast through a temporary)
+        if low == 0:
+            np.greater_equal(hi, top, out=marks)
+            return out
+        np.greater(hi, top, out=marks)
+        ties = np.flatnonzero(hi == top)
+        if ties.size:
+            lo = self._raw((ties.size + 3) // 4, np.empty((ties.size + 3) // 4, np.uint64)).view(np.uint16)[: ties.size]
+            marks[ties] = lo >= low
         return out
+
+    def _raw(self, count: int, into: np.ndarray) -> np.ndarray:
+        """``count`` raw 64-bit outputs of the numpy generator into ``into``."""
+        for start in range(0, count, RAW_BLOCK):  # small draws: numpy's result buffers never reach mmap sizes
+            into[start : start + RAW_BLOCK] = self.bit_generator.random_raw(min(RAW_BLOCK, count - start))
+        return into
 
     def della_probabilities(self, chunk: torch.Tensor) -> torch.Tensor:
         """Keep probabilities of whole rows (mergekit's ``della_magprune``): rank r of |τ| in its row (1 = smallest,
@@ -299,6 +313,18 @@ class Sparsifier:
     def scratch(self, like: torch.Tensor) -> torch.Tensor:
         return scratch("cut", 1, like.numel(), like.dtype, like.device)[0]
 
+    def kept(self, chunk: torch.Tensor, out: torch.Tensor, m_buf: torch.Tensor) -> torch.Tensor:
+        """τ·mask of the next chunk, not yet rescaled or weighted: ``chunk`` itself where nothing is dropped (read
+        only), else written into ``out``. A magnitude cut-off without ties is one ``hardshrink`` (|τ| above the float
+        just below ``low`` is |τ| ≥ low); other masks are made in ``m_buf`` (``mask``) and multiplied in."""
+        if self.how == "none":
+            self.position += chunk.numel()
+            return chunk
+        if self.shrink is not None:
+            self.position += chunk.numel()
+            return torch.hardshrink(chunk, self.shrink, out=out)
+        return torch.mul(self.mask(chunk, m_buf), chunk, out=out)
+
     def _l1_ratio(self) -> float:
         """mergekit's ``rescale_norm=l1``: ‖τ‖₁ / ‖τ·mask‖₁ (1 if either is below 1e-7), from a first pass over the
         masks; the random stream is then rewound so that the merge sees the same masks."""
@@ -315,6 +341,114 @@ class Sparsifier:
         return before / after if before >= L1_EPS and after >= L1_EPS else 1.0
 
 
+class SegmentSparsifier:
+    """The sparsification of a concatenation of small tensors, each exactly as ``Sparsifier`` treats it alone.
+
+    ``sizes``: the tensors' numbers of entries, each ≤ ``EXACT`` (so sampled cut-offs are the exact ones) and ≤
+    ``RANDOM_BITS`` (so DARE draws float32 uniforms from the tensor's own generator), the whole ≤ ``CHUNK`` (one
+    chunk). Cut-offs are found per tensor (numpy's select on each slice of one ``abs``); the masks are made once
+    over the concatenation against per-entry cut-offs, and each tensor's uniforms come from its own generator in
+    ``rngs``, so the result equals the tensors merged one by one. ``GROUPABLE`` says which settings it takes.
+    """
+
+    def __init__(self, flat: torch.Tensor, how: str, *, density: float, p: float, gamma: float, rescale: str, rngs: list[torch.Generator] | None, sizes: list[int]):
+        self.flat, self.how, self.factor, self.shrink, self.position = flat, how, 1.0, None, 0
+        self.high = None
+        if how == "none" or (how == "random" and p <= 0) or (how in ("magnitude", "outliers") and density >= 1 and (how != "outliers" or gamma <= 0)):
+            self.how = "none"
+        elif how in ("magnitude", "outliers"):
+            self._cutoffs(sizes, density, gamma if how == "outliers" else 0.0)
+        elif how == "random":
+            if rngs is None:
+                raise ValueError("random sparsification needs one generator per model and tensor.")
+            self.p, self.rngs, self.sizes = p, rngs, sizes
+            if rescale == "inverse":  # Sparsifier.keep_probability on CPU
+                self.factor = 1.0 / keep32(p)
+        else:
+            raise ValueError(f"sparsification {how!r} does not run on concatenated tensors")
+
+    def _cutoffs(self, sizes: list[int], density: float, gamma: float) -> None:
+        """Per-entry cut-offs: keep ``low ≤ |τ| < high`` (``Sparsifier._magnitude_cutoff`` / ``_outlier_cutoffs``)."""
+        array = self.flat.abs().numpy()
+        lows, highs, start = [], [], 0
+        for n in sizes:
+            part, start = array[start : start + n], start + n
+            keep, top, bottom = cut_counts(n, density, gamma)
+            if keep == 0:  # nothing kept: no entry is ≥ inf (Sparsifier: drop_all)
+                lows.append(math.inf)
+                highs.append(math.inf)
+                continue
+            ks = [k for k, used in ((top, top > 0), (n - bottom, bottom > 0)) if used]
+            found = dict(zip(ks, select_numpy(part, ks)))
+            highs.append(found.get(top, math.inf))
+            lows.append(found.get(n - bottom, 0.0))
+        self.sizes, self.low = sizes, np.array(lows, dtype=array.dtype)  # spread over the entries when masking
+        if any(h < math.inf for h in highs):
+            self.high = np.array(highs, dtype=array.dtype)
+
+    def mask(self, chunk: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The 0/1 multiplier of every entry (the whole concatenation is one chunk)."""
+        if self.how == "random":
+            return draw32(out, self.rngs, self.sizes, self.p)
+        a = torch.abs(chunk, out=out)
+        if self.high is not None:  # low ≤ |τ| < high  ==  [|τ| ≥ low] − [|τ| ≥ high]
+            too_large = torch.ge(a, self.spread(self.high), out=scratch("cut", 1, a.numel(), a.dtype, a.device)[0])
+            return a.ge_(self.spread(self.low)).sub_(too_large)
+        return a.ge_(self.spread(self.low))
+
+    def spread(self, cutoffs: np.ndarray) -> torch.Tensor:
+        """One cut-off per tensor → one per entry (numpy's repeat: ~10× torch's ``repeat_interleave``)."""
+        return torch.from_numpy(np.repeat(cutoffs, self.sizes))
+
+    def kept(self, chunk: torch.Tensor, out: torch.Tensor, m_buf: torch.Tensor) -> torch.Tensor:
+        """τ·mask (``Sparsifier.kept``): ``chunk`` itself where nothing is dropped, else written into ``out``."""
+        if self.how == "none":
+            return chunk
+        return torch.mul(self.mask(chunk, m_buf), chunk, out=out)
+
+
+def keep32(p: float) -> float:
+    """The keep probability of 32-bit draws kept iff u ≥ round(p·2³²)."""
+    return 1.0 - round(p * 2**32) / 2**32
+
+
+def draw32(out: torch.Tensor, rngs: Sequence[torch.Generator], sizes: Sequence[int], p: float) -> torch.Tensor:
+    """0/1 marks into ``out`` (CPU), kept iff u ≥ round(p·2³²): consecutive runs of ``sizes`` entries, each from its
+    own generator, which gives ⌈size/2⌉ 64-bit words (``random_`` over the full range: 1.7× as fast as uniforms)
+    read as two 32-bit draws each, low half first (compared as signed halves: the same probability). One run is one
+    tensor, so a tensor's marks are the same alone or in a group (``SegmentSparsifier``)."""
+    words = [(n + 1) // 2 for n in sizes]
+    raw = scratch("raw", 1, sum(words), torch.int64, out.device)[0]
+    start = 0
+    for count, rng in zip(words, rngs):
+        raw[start : start + count].random_(-(2**63), None, generator=rng)
+        start += count
+    halves, cut = raw.view(torch.int32), round(p * 2**32) - 2**31
+    if len(sizes) == 1 or all(n % 2 == 0 for n in sizes):  # no unused halves between the runs
+        return torch.ge(halves[: out.numel()], cut, out=out)
+    padded = torch.ge(halves, cut, out=scratch("marks", 1, halves.numel(), out.dtype, out.device)[0])
+    return torch.index_select(padded, 0, _unpadded(tuple(sizes)), out=out)  # the halves past each odd run dropped
+
+
+@functools.lru_cache(maxsize=2)  # the vectors of one group in turn
+def _unpadded(sizes: tuple[int, ...]) -> torch.Tensor:
+    """Positions of each run's first ``size`` halves among its ⌈size/2⌉·2."""
+    pads = np.array([n % 2 for n in sizes])
+    skip = np.repeat(np.concatenate(([0], np.cumsum(pads)[:-1])), sizes)
+    return torch.from_numpy((np.arange(skip.size) + skip).astype(np.int32))
+
+
+def groupable(sparsify: str, params: Mapping[str, Any]) -> bool:
+    """Whether ``SegmentSparsifier`` takes these settings: no per-row ranks (DELLA), no per-tensor norms
+    (``rescale=l1``), no exact-k ties (``cutoff=top_k``)."""
+    return sparsify in ("none", "magnitude", "outliers", "random") and params.get("rescale") != "l1" and params.get("cutoff") != "top_k"
+
+
+def _below(low: float) -> float:
+    """The largest float32 below ``low`` (a float32 value): ``|x| > _below(low)`` ⇔ ``|x| ≥ low`` in float32."""
+    return float(np.nextafter(np.float32(low), np.float32(0)))
+
+
 def chunk_length(numel: int, cols: int = 1) -> int:
     """Entries per chunk: ``CHUNK`` rounded down to whole rows of ``cols`` (DELLA ranks rows), at least one row."""
     return min(numel, max(cols, (CHUNK // cols) * cols)) if numel else 0
@@ -327,48 +461,80 @@ class SignConsensus:
     For weighted, sparsified entries t_i (weights w_i): σ = +1 where Σt ≥ 0 (``sum``; ``count``: where Σ sign t ≥ 0),
     else −1; the result is Σ_{sign t_i = σ} t_i divided by Σ_{sign t_i = σ} w_i (``normalize``; 0/0 gives 0 and a
     zero weight divides by 1, as mergekit) or not divided. Four accumulators (five for ``count``), whatever the
-    number of vectors: total Σt, mass Σ|t|, signs Σw·sign t, weight Σw·|sign t| (and Σ sign t).
+    number of vectors: total Σt, mass Σ|t|, signs Σw·sign t, weight Σw·|sign t| (and Σ sign t). The first vector
+    writes them, the others add to them: five operations per vector and chunk (a sign, two additions, two fused
+    multiply-adds).
     """
 
     def __init__(self, size: int, like: torch.Tensor, election: str):
         self.count = election == "count"
         self.buffers = scratch("consensus", 5 + self.count, size, like.dtype, like.device)
-        self.one = torch.ones((), dtype=like.dtype, device=like.device)
 
     def start(self, length: int) -> None:
         rows = self.buffers[:, :length]
         self.total, self.mass, self.signs, self.weight, self.scratch = rows[:5]
         self.votes = rows[5] if self.count else self.total
-        rows[:4].zero_()
-        if self.count:
-            rows[5].zero_()
 
-    def add(self, t: torch.Tensor, weight: float, *, counted: bool = False) -> None:
-        """Fold in one weighted, sparsified chunk ``t`` (consumed) of a model of weight ``weight``; ``counted``: its
-        non-zero entries were already added to the weight accumulator (from a mask that implies τ ≠ 0)."""
-        self.total.add_(t)
-        self.mass.add_(torch.abs(t, out=self.scratch))
-        t.sign_()
-        self.signs.add_(t, alpha=weight)
+    def first(self, t: torch.Tensor, weight: float) -> None:
+        """Start from one vector's weighted, sparsified chunk ``t`` (not modified unless it is ``self.total``) of a
+        model of weight ``weight``."""
+        if t is not self.total:
+            self.total.copy_(t)
+        torch.abs(self.total, out=self.mass)
+        signs = torch.sign(self.total, out=self.signs)
         if self.count:
-            self.votes.add_(t)
-        if not counted:
-            self.weight.add_(t.abs_(), alpha=weight)
+            self.votes.copy_(signs)
+        torch.abs(signs, out=self.weight)
+        if weight != 1.0:
+            self.weight.mul_(weight)
+            signs.mul_(weight)
+
+    def add(self, t: torch.Tensor, weight: float) -> None:
+        """Fold in one more vector's weighted, sparsified chunk ``t`` (not modified)."""
+        s = torch.sign(t, out=self.scratch)
+        self.total.add_(t)
+        self.mass.addcmul_(t, s)  # |t|
+        self.signs.add_(s, alpha=weight)
+        self.weight.addcmul_(s, s, value=weight)  # w·|sign t|
+        if self.count:
+            self.votes.add_(s)
 
     def finish(self, out: torch.Tensor, normalize: bool, positive: bool) -> None:
-        """The chunk's result into ``out``: (Σt + σΣ|t|) / (Σw|sign t| + σΣw sign t), or (Σt + σΣ|t|) / 2.
-        ``positive``: every model weight is > 0, so a zero agreeing weight comes with a zero agreeing mass."""
-        sigma = torch.copysign(self.one, self.votes, out=self.scratch)  # accumulators start at +0, so Σ = 0 gives +1
-        agree = self.mass.mul_(sigma).add_(self.total)  # twice the agreeing mass
+        """The chunk's result into ``out``: (Σt + σΣ|t|) / (Σw|sign t| + σΣw sign t), or (Σt + σΣ|t|) / 2, with
+        g = [Σ ≥ 0] and σ = 2g − 1 (Σt + σΣ|t| = Σt − Σ|t| + 2gΣ|t|). ``positive``: every model weight is > 0, so a
+        zero agreeing weight comes with a zero agreeing mass."""
+        g = torch.ge(self.votes, 0, out=self.scratch)  # Σ = ±0 elects +1
+        agree = self.total.sub_(self.mass).addcmul_(g, self.mass, value=2.0)  # twice the agreeing mass
         if not normalize:
             torch.mul(agree, 0.5, out=out)
             return
-        weight = self.signs.mul_(sigma).add_(self.weight)  # twice the agreeing weight
+        weight = self.weight.sub_(self.signs).addcmul_(g, self.signs, value=2.0)  # twice the agreeing weight
         if positive:  # 0 / tiny = 0
             weight.clamp_(min=TINY)
         else:  # no agreeing weight: divide by 1, as mergekit
             weight.add_(torch.eq(weight, 0, out=self.scratch), alpha=2.0)
         torch.div(agree, weight, out=out)
+
+
+def linear_step(target: torch.Tensor, step: Sparsifier, chunk: torch.Tensor, m_buf: torch.Tensor, scale: float, first: bool) -> None:
+    """``target (+)= scale · τ·mask`` for one vector's chunk (the sum without election): the first vector writes."""
+    if step.how != "none" and step.shrink is None:  # a mask: multiplied in by one fused multiply-add
+        mask = step.mask(chunk, m_buf)
+        if first:
+            torch.mul(mask, chunk, out=target)
+            if scale != 1.0:
+                target.mul_(scale)
+        else:
+            target.addcmul_(mask, chunk, value=scale)
+        return
+    t = step.kept(chunk, target if first else m_buf, m_buf)
+    if first:
+        if t is not target:
+            torch.mul(t, scale, out=target) if scale != 1.0 else target.copy_(t)
+        elif scale != 1.0:
+            target.mul_(scale)
+    else:
+        target.add_(t, alpha=scale)
 
 
 # ----------------------------------------------------------------------------------------------- the method
@@ -386,9 +552,10 @@ def generalized_task_arithmetic(
     rescale: str = "none",
     election: str = "sum",
     normalize: bool | None = None,
-    rngs: list[torch.Generator] | None = None,
+    rngs: list | None = None,
     base: torch.Tensor | None = None,
     alpha: float | None = None,
+    segments: list[int] | None = None,
     **_: object,
 ) -> torch.Tensor:
     """Sparsify each weighted vector, then sum (``consensus="none"``) or sign-elect and take the agreeing entries'
@@ -399,6 +566,9 @@ def generalized_task_arithmetic(
 
     Streams over the vectors in chunks of ``CHUNK`` entries: memory is the output, one chunk-sized buffer per
     accumulator and the cut-off scratch of one tensor, whatever the number of vectors; inputs are not modified.
+
+    ``segments``: the deltas are concatenations of small tensors of these sizes (``SegmentSparsifier``; ``rngs``
+    then holds one list of generators per model, one per tensor), merged in one pass as if one by one.
     """
     if sparsify not in SPARSIFY or consensus not in CONSENSUS:
         raise ValueError(f"unknown generalized task arithmetic step {sparsify!r}/{consensus!r}")
@@ -406,7 +576,10 @@ def generalized_task_arithmetic(
     shape = deltas[0].shape
     flat = [d.reshape(-1) for d in deltas]
     cols = math.prod(shape[1:]) if len(shape) >= 2 else max(1, flat[0].numel())  # DELLA's rows: 1-D is one row
-    steps = [Sparsifier(f, sparsify, density=density, p=p, gamma=gamma, epsilon=epsilon, cutoff=cutoff, rescale=rescale, rng=rngs[i] if rngs else None, cols=cols) for i, f in enumerate(flat)]
+    if segments is not None:
+        steps = [SegmentSparsifier(f, sparsify, density=density, p=p, gamma=gamma, rescale=rescale, rngs=rngs[i] if rngs else None, sizes=segments) for i, f in enumerate(flat)]
+    else:
+        steps = [Sparsifier(f, sparsify, density=density, p=p, gamma=gamma, epsilon=epsilon, cutoff=cutoff, rescale=rescale, rng=rngs[i] if rngs else None, cols=cols) for i, f in enumerate(flat)]
     total_weight = sum(weights)
     divisor = total_weight if normalize and consensus == "none" and abs(total_weight) >= 1e-8 else 1.0
     if consensus == "none" and all(step.how == "none" and step.factor == 1.0 for step in steps):  # nothing dropped
@@ -414,43 +587,38 @@ def generalized_task_arithmetic(
             return linear_apply(deltas, weights, base=base, alpha=alpha, divisor=divisor)
         return weighted_sum(deltas, weights).div_(divisor) if divisor != 1.0 else weighted_sum(deltas, weights)
     n = flat[0].numel()
-    size = chunk_length(n, cols if sparsify == "della" else 1)
-    out = torch.empty_like(flat[0])
+    size = n if segments is not None else chunk_length(n, cols if sparsify == "della" else 1)  # segments: one chunk
+    out = memory.empty_like(flat[0])
     m_buf = scratch("mask", 1, size, out.dtype, out.device)[0]
     acc = SignConsensus(size, out, election) if consensus == "sign" else None
     positive = all(w > 0 for w in weights)
+    scales = [w * step.factor for w, step in zip(weights, steps)]  # sums: one rounding, (τ·mask)·(w·rescale)
+    # DARE's inverse rescale, the same 1/keep for every vector, scales the election's result instead of each vector
+    pulled = acc is not None and sparsify == "random" and rescale == "inverse" and len({step.factor for step in steps}) == 1 and steps[0].factor != 1.0
     base_flat = base.reshape(-1) if alpha is not None else None
     for start in range(0, n, size):
         stop = min(n, start + size)
         length = stop - start
         target = out[start:stop]
-        if acc is not None:
+        if acc is None:
+            for i, (f, step, scale) in enumerate(zip(flat, steps, scales)):
+                linear_step(target, step, f[start:stop], m_buf[:length], scale, i == 0)
+            if divisor != 1.0:
+                target.div_(divisor)
+        else:
             acc.start(length)
-        for first, (f, step, w) in enumerate(zip(flat, steps, weights), start=1):
-            first = first == 1  # the linear path writes the first vector's share instead of zeroing the target
-            chunk = f[start:stop]
-            mask = step.mask(chunk, m_buf[:length])
-            counted = acc is not None and step.marks_nonzero  # the 0/1 mask counts the non-zero entries kept
-            if counted:
-                acc.weight.add_(mask, alpha=w)
-            t = mask.mul_(chunk) if mask is not None else chunk
-            if acc is None and step.folded:  # DARE's 1/(1-p): no mergekit order to follow, one fused step
-                torch.mul(t, w * step.factor, out=target) if first else target.add_(t, alpha=w * step.factor)
-                continue
-            if step.factor != 1.0 or w != 1.0 or acc is not None and mask is None:  # never scale an input in place
-                t = t if mask is not None else m_buf[:length].copy_(chunk)
-                if step.factor != 1.0:  # mergekit's order of roundings: (τ·mask)·rescale, then ·w
-                    t.mul_(step.factor)
+            for i, (f, step, w) in enumerate(zip(flat, steps, weights)):
+                chunk, buf = f[start:stop], acc.total if i == 0 else m_buf[:length]
+                t = step.kept(chunk, buf, m_buf[:length])
+                factor = 1.0 if pulled else step.factor
+                if factor != 1.0:  # mergekit's roundings: (τ·mask)·rescale, then ·w; never an input in place
+                    t = torch.mul(t, factor, out=buf)
                 if w != 1.0:
-                    t.mul_(w)
-            if acc is None:
-                target.copy_(t) if first else target.add_(t)
-            else:
-                acc.add(t, w, counted=counted)
-        if acc is not None:
+                    t = torch.mul(t, w, out=buf)
+                acc.first(t, w) if i == 0 else acc.add(t, w)
             acc.finish(target, normalize, positive)
-        elif divisor != 1.0:
-            target.div_(divisor)
+            if pulled:
+                target.mul_(steps[0].factor)
         if alpha is not None:
             torch.add(base_flat[start:stop], target, alpha=alpha, out=target)
     return out.reshape(shape)
@@ -537,6 +705,7 @@ def gta_method(name: str, doc: str, paper: str, *, sparsify: str, consensus: str
         stat_weights=gta_stat_weights,
         check=check,
         fused=fn,
+        grouped=partial(groupable, sparsify),
     )(fn)
 
 
