@@ -45,7 +45,7 @@ def test_each_specialist_labels_its_own_classes_in_union_ids(base_model, raccoon
 
 
 def test_repair_one_epoch_with_ultralytics_trainer(base_model, raccoon, union, tmp_path):
-    """One epoch on a handful of images: the union trains (BatchNorm statistics re-estimated), loads with plain YOLO."""
+    """One epoch on a handful of images: the union trains (BatchNorm statistics kept as merged), loads with plain YOLO."""
     from ultralytics import YOLO
 
     before = {k: v.clone() for k, v in union.model.state_dict().items()}
@@ -55,15 +55,24 @@ def test_repair_one_epoch_with_ultralytics_trainer(base_model, raccoon, union, t
     state = repaired.model.state_dict()
     assert repaired.model.names == union.model.names and len(repaired.model.names) == 81
     assert not torch.equal(state["model.4.m.0.cv1.conv.weight"].float(), before["model.4.m.0.cv1.conv.weight"].float())
-    assert not torch.equal(state["model.2.cv1.bn.running_mean"].float(), before["model.2.cv1.bn.running_mean"].float())
+    assert torch.allclose(state["model.2.cv1.bn.running_mean"].float(), before["model.2.cv1.bn.running_mean"].float(), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(state["model.2.cv1.bn.running_var"].float(), before["model.2.cv1.bn.running_var"].float(), rtol=1e-4, atol=1e-6)
     record = repaired.ckpt["taskvec"]["repair"]
     assert record["epochs"] == 1 and record["images"] == 6 and record["run"] == str((tmp_path / "run").resolve())
+    assert record["batchnorm"] == "frozen" and record["lr0"] == 1e-4
     assert repaired.ckpt["taskvec"]["recipe"]["classes"] == "union"  # the union's provenance is kept
     assert (tmp_path / "run" / "train" / "weights" / "last.pt").exists()
     assert sorted(p.name for p in fixed.iterdir()) == listing  # nothing written beside the images' labels
     out = save(repaired, tmp_path / "repaired.pt")
     result = YOLO(str(out)).predict(str(few_images(1)[0]), imgsz=160, verbose=False, device="cpu")
     assert len(result[0].names) == 81
+
+
+def test_repair_can_reestimate_batchnorm_statistics(base_model, raccoon, union, tmp_path):
+    before = union.model.state_dict()["model.2.cv1.bn.running_mean"].float().clone()
+    repaired = repair(union, [base_model, raccoon], few_images(1), epochs=1, imgsz=160, batch=2, out=tmp_path / "run", progress=False, freeze_bn=False)
+    assert not torch.allclose(repaired.model.state_dict()["model.2.cv1.bn.running_mean"].float(), before, rtol=1e-4, atol=1e-6)
+    assert repaired.ckpt["taskvec"]["repair"]["batchnorm"] == "trained"
 
 
 def test_merge_with_repair_through_the_api(base_model, raccoon, tmp_path):

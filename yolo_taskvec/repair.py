@@ -9,8 +9,10 @@
    beside the images.
 2. **Fine-tune.** Ultralytics' ``DetectionTrainer`` trains the union model itself (any union: one trunk with the
    block-diagonal head, or ``share=k`` branches) on that copy for ``epochs`` epochs, with its progress bars,
-   augmentation, EMA and checkpoints in ``out``. BatchNorm layers train as usual: their statistics are re-estimated
-   on the repair images as training goes. The schedule is flat (AdamW at ``lr0``, no warmup, mosaic as set for the
+   augmentation, EMA and checkpoints in ``out``. BatchNorm statistics stay as merged (``freeze_bn=True``; their
+   affine weights train): re-estimating them on the mixed repair batches scored lower on the calibration split
+   (``benchmarks/results/union_frontier.md``, repair settings). The schedule is flat (AdamW at ``lr0`` = 1e-4, what
+   Ultralytics' own ``optimizer=auto`` picks for a short run with ~85 classes; no warmup; mosaic as set for the
    whole run), so the model after epoch ``e`` of a longer repair is what ``epochs=e`` gives.
 
 ``mode="distill"`` adds, on every training batch, the specialists' own outputs as targets (``DistillLoss``: their class
@@ -36,7 +38,7 @@ from .checkpoint import ModelLike, load_model
 from .errors import DataError, OutputError, TaskVecError
 from .recipe import MAX_REPAIR_EPOCHS, REPAIR_MODES
 
-DEFAULT_LR0 = 0.001
+DEFAULT_LR0 = 1e-4  # chosen on the frontier's calibration split (1e-3 forgets the merge in the first epoch)
 VAL_IMAGES = 32  # pseudo-labelled images held as Ultralytics' val split when no labelled val data is given
 
 
@@ -226,7 +228,7 @@ def fine_tune(
     teachers: Sequence[nn.Module] | None = None,
     rows: Sequence[Sequence[tuple[int, int]]] | None = None,
     distill: float = 1.0,
-    freeze_bn: bool = False,
+    freeze_bn: bool = True,
     **train_args: Any,
 ) -> nn.Module:
     """Train ``module`` itself (not a rebuild from its yaml) with Ultralytics' DetectionTrainer; returns the EMA model.
@@ -412,6 +414,7 @@ def repair_module(
     seed: int = 0,
     val: str | os.PathLike | None = None,
     progress: bool = True,
+    freeze_bn: bool = True,
     **train_args: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The repaired copy of a union ``module`` (its ``names`` are the union's) and a record of what was done."""
@@ -429,10 +432,10 @@ def repair_module(
 
         union = ClassUnion(names, {})
         teach = {"teachers": [load_model(m).module for m in specialists], "rows": [sorted(union.remap(class_names(m)).items()) for m in specialists]}
-    trained = fine_tune(module, data, out / "train", epochs=epochs, imgsz=imgsz, batch=batch, lr0=lr0, device=device, workers=workers, seed=seed, **teach, **train_args)
+    trained = fine_tune(module, data, out / "train", epochs=epochs, imgsz=imgsz, batch=batch, lr0=lr0, device=device, workers=workers, seed=seed, freeze_bn=freeze_bn, **teach, **train_args)
     trained.names = names
     counts = dict(item.split("=") for item in (out / "data" / "counts.txt").read_text().split())
-    record = {"epochs": epochs, "mode": mode, "conf": float(conf), "images": len(files), "pseudo_boxes": int(counts["boxes"]), "lr0": float(lr0), "imgsz": int(imgsz), "run": str(out)}
+    record = {"epochs": epochs, "mode": mode, "conf": float(conf), "images": len(files), "pseudo_boxes": int(counts["boxes"]), "lr0": float(lr0), "batchnorm": "frozen" if freeze_bn else "trained", "imgsz": int(imgsz), "run": str(out)}
     return trained, record
 
 
@@ -451,7 +454,8 @@ def repair(
     ``specialists``: the models whose classes the union holds (base first, then each fine-tune; class ids are
     matched by name). ``images``: image folders, files, ``.txt`` lists or dataset yamls (train split; labels
     unused). ``out``: the run folder (default a new ``<runs_dir>/taskvec/repair<N>``); ``options``: see
-    ``repair_module`` (``iou``, ``batch``, ``lr0``, ``device``, ``workers``, ``seed``, ``val``, trainer arguments).
+    ``repair_module`` (``iou``, ``batch``, ``lr0``, ``freeze_bn``, ``device``, ``workers``, ``seed``, ``val``, trainer
+    arguments).
     Returns a ready ``ultralytics.YOLO``.
     """
     check_repair(epochs, images, conf, options.get("mode", "pseudo"))
