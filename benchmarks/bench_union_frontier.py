@@ -17,6 +17,8 @@ Points:
 * **share=k** exact branches: layers ``0..k-1`` shared, each source's own rest and Detect levels. The prefix is
   merged by the best data-free configuration or by the plain average of the four sources (task arithmetic at
   scale 1/4 with mixture statistics), whichever scores better on calibration;
+* **repair settings**: learning rate (``lr0``) × BatchNorm handling (``repair_bn``: statistics re-estimated by
+  training, or frozen), one epoch each from the chosen merge, the best on calibration used for every repair below;
 * **repair** of the chosen one-trunk merge (``yolo_taskvec.repair``): pseudo-labels from the four specialists
   (``conf``) on the fit images, Ultralytics' trainer, snapshots after each of ``epochs``; compared, at the same
   epochs and images, with repair from base80 (the scale-0 union: base80's trunk, each fine-tune's class branch) and
@@ -61,7 +63,8 @@ DEFAULTS = {
     "compare_epochs": "1,3",  # epochs of the base80 and true-label runs (the merge's repair runs to max(epochs))
     "mode": "pseudo",
     "conf": "0.25",
-    "lr0": "0.001",
+    "lr0": "0.001,0.0001",  # repair settings tried for 1 epoch from the merge, the best on calibration used for every start
+    "repair_bn": "train,freeze",  # BatchNorm during repair: statistics re-estimated by training, or kept (frozen)
     "calib": "0.2",
     "bn_batches": "16",
     "imgsz": "320",
@@ -257,55 +260,101 @@ def shares(setup: Setup, points: Points, chosen: dict[str, Any] | None) -> list[
     return rows
 
 
-def repairs(setup: Setup, points: Points, chosen: dict[str, Any] | None, starts: list[str]) -> list[dict[str, Any]]:
+def _calib_yaml(setup: Setup) -> Path:
+    """Ultralytics' val split during training: the four calibration views, union ids."""
+    path = setup.work / "calib-union.yaml"
+    val = json.dumps([str(Path(v).with_suffix("") / "images" / "val") for v in setup.calib_views])
+    path.write_text(f"path: {setup.work / 'views-calib'}\nval: {val}\ntrain: {val}\nnames:\n" + "".join(f"  {i}: {json.dumps(n)}\n" for i, n in setup.union.names.items()))
+    return path
+
+
+def pseudo_labels(setup: Setup) -> tuple[Path, dict[str, Any]]:
+    """The fit images pseudo-labelled once by the four specialists (every repair start trains on the same labels),
+    with the CPU and wall time it took (added to every pseudo-label repair's minutes)."""
+    # repair()'s steps, run apart to time labelling and training separately (see the test's exceptions table)
+    from yolo_taskvec.repair import image_list, pseudo_label
+
+    folder = setup.work / "repair" / f"pseudo-conf{setup.args['conf']}"
+    done = folder / "labelled.json"
+    if not done.exists():
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        pseudo_label(setup.specialist_paths, image_list(setup.fit_lists), setup.union.names, folder, conf=float(setup.args["conf"]), imgsz=setup.imgsz, batch=setup.batch, device=setup.device, val=_calib_yaml(setup))
+        counts = (folder / "data" / "counts.txt").read_text().strip()
+        done.write_text(json.dumps({"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "counts": counts}))
+    return folder / "data" / "data.yaml", json.loads(done.read_text())
+
+
+def _true_labels(setup: Setup) -> Path:
+    data = setup.work / "fit-labels.yaml"
+    train = json.dumps([str(Path(v).with_suffix("") / "images" / "train") for v in setup.fit_views])
+    val = json.dumps([str(Path(v).with_suffix("") / "images" / "val") for v in setup.calib_views])
+    data.write_text(f"path: {setup.work / 'views-fit'}\ntrain: {train}\nval: {val}\nnames:\n" + "".join(f"  {i}: {json.dumps(n)}\n" for i, n in setup.union.names.items()))
+    return data
+
+
+def _train(setup: Setup, start: str, cfg: dict[str, Any], settings: dict[str, Any], epochs: int) -> tuple[Path, dict[str, Any]]:
+    """One repair run (resumable by its folder): snapshots after every epoch, CPU and wall time per epoch."""
+    from yolo_taskvec.repair import fine_tune
+
+    args = setup.args
+    mode = "labels" if start == "labels" else args["mode"]
+    folder = setup.work / "repair" / f"{start}-{cfg['method']}-{cfg['bn']}-{cfg['scale']:g}-{mode}-conf{args['conf']}-lr{settings['lr0']:g}-bn{settings['repair_bn']}-e{epochs}"
+    done = folder / "done.json"
+    if not done.exists():
+        if start == "labels":
+            data, labelled = _true_labels(setup), {"wall": 0.0, "cpu": 0.0, "counts": "true labels"}
+        else:
+            data, labelled = pseudo_labels(setup)
+        model = _datafree_model(setup, cfg)
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        clock: list[dict[str, float]] = []
+
+        def on_epoch_end(trainer: Any) -> None:
+            clock.append({"epoch": trainer.epoch + 1, "wall": labelled["wall"] + time.perf_counter() - t0, "cpu": labelled["cpu"] + cpu_seconds() - c0})
+
+        teach = {}
+        if mode == "distill":
+            teach = {"teachers": [s.module for s in (setup.base, *setup.sources)], "rows": [sorted(setup.union.remap(n).items()) for n in setup.union.task_names]}
+        fine_tune(model.model, data, folder / "train", epochs=epochs, imgsz=setup.imgsz, batch=setup.batch, lr0=settings["lr0"], freeze_bn=settings["repair_bn"] == "freeze", device=setup.device, seed=int(args["seed"]), save_period=1, callbacks={"on_train_epoch_end": on_epoch_end}, **teach)
+        done.write_text(json.dumps({"labelled": labelled, "clock": clock, "labels": labelled["counts"]}))
+    return folder, json.loads(done.read_text())
+
+
+def _snapshot(folder: Path, epoch: int, last: int) -> Path:
+    snapshot = folder / "train" / "weights" / f"epoch{epoch - 1}.pt"  # Ultralytics names it by the 0-based epoch index
+    return snapshot if snapshot.exists() or epoch != last else folder / "train" / "weights" / "last.pt"
+
+
+def repair_settings(setup: Setup, points: Points, chosen: dict[str, Any]) -> dict[str, Any]:
+    """Each (lr0, repair_bn) for one epoch from the chosen merge, scored on calibration; the best is returned."""
+    grid = [{"lr0": lr, "repair_bn": bn} for lr in as_floats(setup.args["lr0"]) for bn in setup.args["repair_bn"].split(",") if bn]
+    rows = []
+    for settings in grid:
+        folder, info = _train(setup, "merge", chosen, settings, 1)
+        calib = points.get(f"settings-calib|{folder.name}", lambda f=folder: setup.score(str(_snapshot(f, 1, 1)), "calib"))
+        rows.append({**settings, "cpu_minutes": info["clock"][0]["cpu"] / 60, "calib": calib})
+        print(f"repair settings lr0={settings['lr0']:g} bn={settings['repair_bn']}: 1 epoch → calib mean {calib['mean']:.3f} min {calib['min']:.3f}", flush=True)
+    best = max(rows, key=lambda r: r["calib"]["mean"])
+    return {"grid": rows, "chosen": {"lr0": best["lr0"], "repair_bn": best["repair_bn"]}}
+
+
+def repairs(setup: Setup, points: Points, chosen: dict[str, Any] | None, starts: list[str], settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Repair from the chosen merge, from base80, and true labels from the chosen merge; snapshots per epoch."""
     from yolo_taskvec import gflops
 
-    # repair()'s steps, run apart to time labelling and training separately (see the test's exceptions table)
-    from yolo_taskvec.repair import fine_tune, image_list, pseudo_label
-
     args = setup.args
-    fit_images = image_list(setup.fit_lists)
-    calib_yaml = setup.work / "calib-union.yaml"  # Ultralytics' val split during training: the four calibration views
-    calib_yaml.write_text(f"path: {setup.work / 'views-calib'}\nval: {json.dumps([str(Path(v).with_suffix('') / 'images' / 'val') for v in setup.calib_views])}\ntrain: {json.dumps([str(Path(v).with_suffix('') / 'images' / 'val') for v in setup.calib_views])}\nnames:\n" + "".join(f"  {i}: {json.dumps(n)}\n" for i, n in setup.union.names.items()))
     rows = []
     for start in starts:
         epochs = sorted({int(e) for e in as_floats(args["epochs"] if start == "merge" else args["compare_epochs"])})
         last = max(epochs)
         cfg = chosen if start in ("merge", "labels") else {"method": "task_arithmetic", "bn": "merge", "scale": 0.0}
-        mode = "labels" if start == "labels" else args["mode"]
-        folder = setup.work / "repair" / f"{start}-{cfg['method']}-{cfg['bn']}-{cfg['scale']:g}-{mode}-conf{args['conf']}-lr{args['lr0']}-e{last}"
-        done = folder / "done.json"
-        if not done.exists():
-            model = _datafree_model(setup, cfg)
-            t0, c0 = time.perf_counter(), cpu_seconds()
-            if start == "labels":
-                data = setup.work / "fit-labels.yaml"
-                train = [str(Path(v).with_suffix("") / "images" / "train") for v in setup.fit_views]
-                data.write_text(f"path: {setup.work / 'views-fit'}\ntrain: {json.dumps(train)}\nval: {json.dumps([str(Path(v).with_suffix('') / 'images' / 'val') for v in setup.calib_views])}\nnames:\n" + "".join(f"  {i}: {json.dumps(n)}\n" for i, n in setup.union.names.items()))
-            else:
-                data = pseudo_label(setup.specialist_paths, fit_images, setup.union.names, folder, conf=float(args["conf"]), imgsz=setup.imgsz, batch=setup.batch, device=setup.device, val=calib_yaml)
-            labelled = {"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0}
-            clock: list[dict[str, float]] = []
-
-            def on_epoch_end(trainer: Any, t0: float = t0, c0: float = c0, clock: list = clock) -> None:
-                clock.append({"epoch": trainer.epoch + 1, "wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0})
-
-            teach = {}
-            if mode == "distill":
-                teach = {"teachers": [s.module for s in (setup.base, *setup.sources)], "rows": [sorted(setup.union.remap(n).items()) for n in setup.union.task_names]}
-            fine_tune(model.model, data, folder / "train", epochs=last, imgsz=setup.imgsz, batch=setup.batch, lr0=float(args["lr0"]), device=setup.device, seed=int(args["seed"]), save_period=1, callbacks={"on_train_epoch_end": on_epoch_end}, **teach)
-            counts = (folder / "data" / "counts.txt").read_text().strip() if (folder / "data" / "counts.txt").exists() else "true labels"
-            done.write_text(json.dumps({"labelled": labelled, "clock": clock, "labels": counts}))
-        info = json.loads(done.read_text())
+        folder, info = _train(setup, start, cfg, settings, last)
         for e in epochs:
-            snapshot = folder / "train" / "weights" / f"epoch{e - 1}.pt"  # Ultralytics names it by the 0-based epoch index
-            if not snapshot.exists() and e == last:
-                snapshot = folder / "train" / "weights" / "last.pt"
+            snapshot = _snapshot(folder, e, last)
             calib = points.get(f"repair-calib|{folder.name}|{e}", lambda s=snapshot: setup.score(str(s), "calib"))
             val = points.get(f"repair-val|{folder.name}|{e}", lambda s=snapshot: setup.score(str(s), "val"))
             clock = next(c for c in info["clock"] if c["epoch"] == e)
-            rows.append({"start": start, "mode": mode, "from": cfg, "epochs": e, "cpu_minutes": clock["cpu"] / 60, "wall_minutes": clock["wall"] / 60, "labelling_cpu_minutes": info["labelled"]["cpu"] / 60, "labels": info["labels"], "calib": calib, "val": val, "run": str(folder)})
+            rows.append({"start": start, "mode": "labels" if start == "labels" else args["mode"], "from": cfg, "settings": settings, "epochs": e, "cpu_minutes": clock["cpu"] / 60, "wall_minutes": clock["wall"] / 60, "labelling_cpu_minutes": info["labelled"]["cpu"] / 60, "labels": info["labels"], "calib": calib, "val": val, "run": str(folder)})
             print(f"repair from {start} after {e} epochs ({clock['cpu'] / 60:.1f} CPU min): val mean {val['mean']:.3f} min {val['min']:.3f}", flush=True)
     cost = points.get(f"repair-gflops|{setup.imgsz}", lambda: {"gflops": gflops(_datafree_model(setup, chosen or {"method": "task_arithmetic", "bn": "merge", "scale": 0.0}), setup.imgsz)})["gflops"]
     for r in rows:
@@ -345,15 +394,20 @@ def main(argv: list[str]) -> None:
     chosen = df["chosen"]
     checkpoint()
     starts = [s for s in args["starts"].split(",") if s] if "repair" in sections else []
+    settings = None
+    if starts:
+        result["repair_settings"] = repair_settings(setup, points, chosen)
+        settings = result["repair_settings"]["chosen"]
+        checkpoint()
     if "merge" in starts:  # the user's path first: repair of the chosen merge
-        result["repair"] = repairs(setup, points, chosen, ["merge"])
+        result["repair"] = repairs(setup, points, chosen, ["merge"], settings)
         checkpoint()
     if "share" in sections:
         result["shares"] = shares(setup, points, chosen)
         checkpoint()
     others = [s for s in starts if s != "merge"]
     if others:
-        result["repair"] = result.get("repair", []) + repairs(setup, points, chosen, others)
+        result["repair"] = result.get("repair", []) + repairs(setup, points, chosen, others, settings)
         checkpoint()
 
 
@@ -407,12 +461,20 @@ def markdown(runs: dict[str, Any]) -> str:
                 what = "nothing shared" if r["share"] == 0 else f"{p['name']} ({p['method']}, {p['bn']}, {p['scale']:g})"
                 lines.append(f"| {r['share']} | {what} | {_rel(run, r['gflops']):.2f} | {r['calib']['mean']:.3f} | {r['val']['mean']:.3f} | {r['val']['min']:.3f} | {_tasks_cells(run, r['val'])} |")
             lines.append("")
+        rs = run.get("repair_settings")
+        if rs:
+            lines += ["### Repair settings (one epoch from the chosen merge, pseudo-labels; chosen on calibration)", "", "BatchNorm *train*: statistics re-estimated by training on the repair images; *freeze*: kept as merged (affine weights still train).", "", f"| lr0 | BatchNorm | CPU min | calib mean | calib min | {' | '.join(t)} (calib) |", "|---:|---|---:|---:|---:|" + "---:|" * len(t)]
+            for r in rs["grid"]:
+                mark = " **(chosen)**" if {"lr0": r["lr0"], "repair_bn": r["repair_bn"]} == rs["chosen"] else ""
+                lines.append(f"| {r['lr0']:g} | {r['repair_bn']}{mark} | {r['cpu_minutes']:.1f} | {r['calib']['mean']:.3f} | {r['calib']['min']:.3f} | " + " | ".join(f"{r['calib'][x + '/norm']:.3f}" for x in t) + " |")
+            lines.append("")
         if run.get("repair"):
             frm = run["repair"][0]["from"]
+            st = run["repair"][0].get("settings") or {"lr0": float(run["config"]["lr0"]), "repair_bn": "train"}
             lines += [
-                f"### Repair (one trunk, {_rel(run, run['repair'][0]['gflops']):.2f}× one model), pseudo-labels conf {run['config']['conf']}, AdamW lr0 {run['config']['lr0']}, imgsz {run['config']['imgsz']}",
+                f"### Repair (one trunk, {_rel(run, run['repair'][0]['gflops']):.2f}× one model), pseudo-labels conf {run['config']['conf']}, AdamW lr0 {st['lr0']:g}, BatchNorm {st['repair_bn']}, imgsz {run['config']['imgsz']}",
                 "",
-                f"Merge start: {frm['method']} bn={frm['bn']} scale {frm['scale']:g} (chosen on calibration). CPU minutes: this process's CPU time from pseudo-labelling through the epoch.",
+                f"Merge start: {frm['method']} bn={frm['bn']} scale {frm['scale']:g} (chosen on calibration). CPU minutes: CPU time of pseudo-labelling (once, {run['repair'][0]['labelling_cpu_minutes']:.1f} min, counted in every pseudo-label run) plus training through the epoch.",
                 "",
                 f"| start | epochs | CPU min | wall min | calib mean | val mean | val min | {' | '.join(t)} |",
                 "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(t),
