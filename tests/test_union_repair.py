@@ -92,10 +92,14 @@ def test_repair_refusals(base_model, raccoon, union, tmp_path):
         repair(union, [base_model, raccoon], [], epochs=3)
     with pytest.raises(TaskVecError, match=r"add repair=<epochs>"):
         merge(base_model, [raccoon], classes="union", repair_images=[str(few_images(1)[0])])
-    with pytest.raises(TaskVecError, match="whole number of epochs"):
+    with pytest.raises(TaskVecError, match=r"repair \(epochs\) must be an integer, got 1.5"):
         repair(union, [base_model, raccoon], few_images(1), epochs=1.5)
     with pytest.raises(TaskVecError, match=r"repair_conf must be in \(0, 1\)"):
         repair(union, [base_model, raccoon], few_images(1), epochs=1, conf=1.5)
+    with pytest.raises(TaskVecError, match=r"repair_conf must be in \(0, 1\), got 1.5"):  # the recipe says it alike
+        merge(base_model, [raccoon], classes="union", repair=1, repair_images=[str(few_images(1)[0])], repair_conf=1.5)
+    with pytest.raises(TaskVecError, match=r"repair \(epochs\) must be between 1 and 300, got 0"):
+        repair(union, [base_model, raccoon], few_images(1), epochs=0)
     with pytest.raises(TaskVecError, match="unknown repair mode"):
         repair(union, [base_model, raccoon], few_images(1), epochs=1, mode="magic")
     with pytest.raises(OutputError, match="overlaps the image folder"):

@@ -163,6 +163,19 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
     return out
 
 
+def check_repair_options(epochs: Any, images: Any, conf: Any, mode: Any, *, least: int = 0, images_key: str = "repair_images") -> tuple[int, float, str]:
+    """Repair options (epochs, confidence, mode; images where epochs > 0), checked alike for the recipe (``repair=0``:
+    no repair) and for ``repair()`` (``least=1``, its images passed as ``images=``)."""
+    epochs = parse_int(epochs, "repair (epochs)", least, MAX_REPAIR_EPOCHS)
+    conf = parse_number(conf, "repair_conf")
+    if not 0 < conf < 1:
+        raise RecipeError(f"repair_conf must be in (0, 1), got {conf:g}.")
+    mode = _choice(mode, REPAIR_MODES, "repair mode")
+    if epochs and not images:
+        raise RecipeError(f"repair={epochs} needs unlabeled images: {images_key}= image folders, image files or dataset yamls (their train images; labels unused).")
+    return epochs, conf, mode
+
+
 def check_device(value: Any) -> str | None:
     """``None``, ``cpu``, ``mps``, ``cuda``, ``cuda:N`` or ``N`` (a GPU index that exists on this machine)."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
@@ -371,15 +384,10 @@ class Recipe:
         """``share`` (trunk layers shared by the union's branches) and the repair options, checked together."""
         share = None if self.share is None else parse_int(self.share, "share", 0, MAX_SHARE)
         repair = parse_int(self.repair, "repair (epochs)", 0, MAX_REPAIR_EPOCHS)
-        images = _strings(self.repair_images, "repair_images")
-        conf = parse_number(self.repair_conf, "repair_conf")
-        if not 0 < conf < 1:
-            raise RecipeError(f"repair_conf must be in (0, 1), got {conf:g}.")
-        mode = _choice(self.repair_mode, REPAIR_MODES, "repair mode")
         if classes != "union" and (share is not None or repair):
             raise RecipeError(f"{'share' if share is not None else 'repair'} is an option of class-union merges; add classes=union.")
-        if repair and not images:
-            raise RecipeError(f"repair={repair} needs unlabeled images: repair_images= image folders, image files or dataset yamls (their train images; labels unused).")
+        images = _strings(self.repair_images, "repair_images")
+        repair, conf, mode = check_repair_options(repair, images, self.repair_conf, self.repair_mode)
         if images and not repair:
             raise RecipeError("repair_images are the unlabeled images of a repair; add repair=<epochs> (e.g. repair=3).")
         return share, repair, images, conf, mode

@@ -36,7 +36,7 @@ from torch import nn
 
 from .checkpoint import ModelLike, load_model
 from .errors import DataError, OutputError, TaskVecError
-from .recipe import MAX_REPAIR_EPOCHS, REPAIR_MODES
+from .recipe import check_repair_options
 
 DEFAULT_LR0 = 1e-4  # chosen on the frontier's calibration split (1e-3 forgets the merge in the first epoch)
 VAL_IMAGES = 32  # pseudo-labelled images held as Ultralytics' val split when no labelled val data is given
@@ -44,23 +44,8 @@ VAL_IMAGES = 32  # pseudo-labelled images held as Ultralytics' val split when no
 
 # ----------------------------------------------------------------------------------------------- inputs
 def check_repair(epochs: Any, images: Any, conf: Any = 0.25, mode: str = "pseudo") -> int:
-    """Validate repair options before any work; returns the epoch count."""
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, str)) or not str(epochs).strip().isdigit():
-        raise TaskVecError(f"repair takes a whole number of epochs (e.g. repair=3), got {epochs!r}.")
-    epochs = int(epochs)
-    if epochs < 1 or epochs > MAX_REPAIR_EPOCHS:
-        raise TaskVecError(f"repair={epochs} epochs is outside 1..{MAX_REPAIR_EPOCHS}.")
-    if not images:
-        raise TaskVecError(f"repair={epochs} needs unlabeled images: pass images= (image folders, image files, or dataset yamls whose train images are used; their labels are not).")
-    try:
-        conf = float(conf)
-    except (TypeError, ValueError) as e:
-        raise TaskVecError(f"repair_conf must be a number in (0, 1), got {conf!r}.") from e
-    if not 0 < conf < 1:
-        raise TaskVecError(f"repair_conf must be in (0, 1), got {conf:g}.")
-    if mode not in REPAIR_MODES:
-        raise TaskVecError(f"unknown repair mode '{mode}'; choose one of {', '.join(REPAIR_MODES)}.")
-    return epochs
+    """Validate repair options before any work (``recipe.check_repair_options``); returns the epoch count."""
+    return check_repair_options(epochs, images, conf, mode, least=1, images_key="images")[0]
 
 
 def image_list(images: Any, split: str = "train") -> list[Path]:
