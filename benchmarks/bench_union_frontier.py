@@ -260,12 +260,17 @@ def shares(setup: Setup, points: Points, chosen: dict[str, Any] | None) -> list[
     return rows
 
 
+def _views_yaml(setup: Setup, name: str, root: str, train: tuple[list[str], str], val: tuple[list[str], str]) -> Path:
+    """A dataset yaml with union class ids whose ``train`` and ``val`` are (view yamls, split) pairs."""
+    path = setup.work / name
+    train_dirs, val_dirs = (json.dumps([str(Path(v).with_suffix("") / "images" / split) for v in views]) for views, split in (train, val))
+    path.write_text(f"path: {setup.work / root}\ntrain: {train_dirs}\nval: {val_dirs}\nnames:\n" + "".join(f"  {i}: {json.dumps(n)}\n" for i, n in setup.union.names.items()))
+    return path
+
+
 def _calib_yaml(setup: Setup) -> Path:
     """Ultralytics' val split during training: the four calibration views, union ids."""
-    path = setup.work / "calib-union.yaml"
-    val = json.dumps([str(Path(v).with_suffix("") / "images" / "val") for v in setup.calib_views])
-    path.write_text(f"path: {setup.work / 'views-calib'}\nval: {val}\ntrain: {val}\nnames:\n" + "".join(f"  {i}: {json.dumps(n)}\n" for i, n in setup.union.names.items()))
-    return path
+    return _views_yaml(setup, "calib-union.yaml", "views-calib", (setup.calib_views, "val"), (setup.calib_views, "val"))
 
 
 def pseudo_labels(setup: Setup) -> tuple[Path, dict[str, Any]]:
@@ -285,11 +290,8 @@ def pseudo_labels(setup: Setup) -> tuple[Path, dict[str, Any]]:
 
 
 def _true_labels(setup: Setup) -> Path:
-    data = setup.work / "fit-labels.yaml"
-    train = json.dumps([str(Path(v).with_suffix("") / "images" / "train") for v in setup.fit_views])
-    val = json.dumps([str(Path(v).with_suffix("") / "images" / "val") for v in setup.calib_views])
-    data.write_text(f"path: {setup.work / 'views-fit'}\ntrain: {train}\nval: {val}\nnames:\n" + "".join(f"  {i}: {json.dumps(n)}\n" for i, n in setup.union.names.items()))
-    return data
+    """The fit views' own labels for training (the "retrain" ceiling), the calibration views as val."""
+    return _views_yaml(setup, "fit-labels.yaml", "views-fit", (setup.fit_views, "train"), (setup.calib_views, "val"))
 
 
 def _train(setup: Setup, start: str, cfg: dict[str, Any], settings: dict[str, Any], epochs: int) -> tuple[Path, dict[str, Any]]:

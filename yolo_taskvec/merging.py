@@ -114,9 +114,7 @@ class _Generators(Sequence):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, i: int | slice) -> torch.Generator | list[torch.Generator]:
-        if isinstance(i, slice):
-            return [_rng(self.seed, k, self.vid) for k in self.keys[i]]
+    def __getitem__(self, i: int) -> torch.Generator:
         return _rng(self.seed, self.keys[i], self.vid)
 
 
@@ -267,23 +265,12 @@ def _apply_group(method: Method, keys: list[str], base: Mapping[str, torch.Tenso
 
 def _flat_deltas(v: TaskVector, keys: list[str], like: list[torch.Tensor]) -> list[torch.Tensor]:
     """``v``'s deltas of ``keys`` flattened, as ``_delta_for`` gives them (zeros where missing, fp32, shapes checked)."""
-    deltas, out = v.deltas, []
-    for key, b in zip(keys, like):
-        d = deltas.get(key)
-        if d is None or d.dtype != torch.float32 or not d.is_cpu or d.shape != b.shape:
-            d = _delta_for(v, key, b)
-        out.append(memory.flat(d))
-    return out
+    return [memory.flat(_delta_for(v, key, b)) for key, b in zip(keys, like)]
 
 
 def _stat_deltas(vectors: Sequence[TaskVector], key: str, b: torch.Tensor, device: torch.device | None) -> list[torch.Tensor | None]:
     """Each vector's delta of a statistic on ``device`` (None where it has none), as ``_delta_for`` gives it."""
-    target = device or b.device
-    out = []
-    for v in vectors:
-        d = v.deltas.get(key)
-        out.append(d if d is None or (d.dtype == torch.float32 and d.shape == b.shape and d.device == target) else _delta_for(v, key, b, device))
-    return out
+    return [_delta_for(v, key, b, device) if key in v.deltas else None for v in vectors]
 
 
 def _delta_for(v: TaskVector, key: str, b: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:

@@ -10,9 +10,9 @@ from .registry import mean_stat_weights, register
 CHUNK = 1 << 16  # entries per chunk of the fused form: the chunk stays in L2 between its operations
 
 
-def weighted_sum(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    """``Σ w_i τ_i``, accumulated in place (one pass over each input)."""
-    out = deltas[0] * weights[0]
+def weighted_sum(deltas: list[torch.Tensor], weights: list[float], out: torch.Tensor | None = None) -> torch.Tensor:
+    """``Σ w_i τ_i``, accumulated in place (one pass over each input); into ``out`` where given."""
+    out = torch.mul(deltas[0], weights[0], out=out)
     for d, w in zip(deltas[1:], weights[1:]):
         out.add_(d, alpha=w)
     return out
@@ -24,9 +24,7 @@ def linear_apply(deltas: list[torch.Tensor], weights: list[float], *, base: torc
     Per entry the same operations as ``torch.add(base, weighted_sum(deltas, weights) / divisor, alpha=alpha)``.
     """
     if base.numel() <= CHUNK:  # one chunk: the driver's own operations, without the slicing
-        out = torch.mul(deltas[0], weights[0], out=memory.empty(deltas[0].shape, like=deltas[0]))
-        for d, w in zip(deltas[1:], weights[1:]):
-            out.add_(d, alpha=w)
+        out = weighted_sum(deltas, weights, out=memory.empty_like(deltas[0]))
         if divisor != 1.0:
             out.div_(divisor)
         return torch.add(base, out, alpha=alpha, out=out)
@@ -35,9 +33,7 @@ def linear_apply(deltas: list[torch.Tensor], weights: list[float], *, base: torc
     out = memory.empty_like(b)
     for start in range(0, b.numel(), CHUNK):
         stop = min(b.numel(), start + CHUNK)
-        target = torch.mul(flat[0][start:stop], weights[0], out=out[start:stop])
-        for d, w in zip(flat[1:], weights[1:]):
-            target.add_(d[start:stop], alpha=w)
+        target = weighted_sum([d[start:stop] for d in flat], weights, out=out[start:stop])
         if divisor != 1.0:
             target.div_(divisor)
         torch.add(b[start:stop], target, alpha=alpha, out=target)

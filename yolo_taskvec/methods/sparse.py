@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -102,6 +102,17 @@ def cut_counts(n: int, density: float, gamma: float) -> tuple[int, int, int]:
     if bottom < 0:
         top, bottom = top + bottom, 0
     return keep, top, bottom
+
+
+def band_cutoffs(n: int, density: float, gamma: float, select: Callable[[list[int]], list[float]]) -> tuple[float, float] | None:
+    """``(low, high)``: keep ``low ≤ |τ| < high`` of ``n`` entries (``cut_counts``; a bound that cuts nothing is 0 or
+    inf), the k-th largest magnitudes read by ``select(ks)``; None where nothing is kept."""
+    keep, top, bottom = cut_counts(n, density, gamma)
+    if keep == 0:
+        return None
+    ks = [k for k, used in ((top, top > 0), (n - bottom, bottom > 0)) if used]
+    found = dict(zip(ks, select(ks)))
+    return found.get(n - bottom, 0.0), found.get(top, math.inf)
 
 
 def sample_stride(numel: int) -> int:
@@ -202,19 +213,22 @@ class Sparsifier:
 
     def _outlier_cutoffs(self, n: int, density: float, gamma: float, cutoff: str) -> None:
         """Keep ``low ≤ |τ| < high`` (``top_k``: ``low < |τ| < high`` plus the tied entries mergekit keeps)."""
-        keep, top, bottom = cut_counts(n, density, gamma)
-        if keep == 0:
-            self.how = "drop_all"
-        elif cutoff == "top_k":  # mergekit: sort(|τ|) ascending, keep positions [bottom, bottom + keep)
+        if cutoff == "top_k":  # mergekit: sort(|τ|) ascending, keep positions [bottom, bottom + keep)
+            keep, _, bottom = cut_counts(n, density, gamma)
+            if keep == 0:
+                self.how = "drop_all"
+                return
             order = torch.sort(self.flat.abs()).indices
             kept = order[bottom : bottom + keep]
             self.low, self.high = float(self.flat[kept[0]].abs()), float(self.flat[kept[-1]].abs())
             self._keep_ties(kept)
+            return
+        thresholds = sampled_thresholds if cutoff == "sampled" else exact_thresholds
+        band = band_cutoffs(n, density, gamma, lambda ks: thresholds(self.flat, *ks))
+        if band is None:
+            self.how = "drop_all"
         else:
-            ks = [k for k, used in ((top, top > 0), (n - bottom, bottom > 0)) if used]
-            found = dict(zip(ks, (sampled_thresholds if cutoff == "sampled" else exact_thresholds)(self.flat, *ks)))
-            self.high = found.get(top, math.inf)
-            self.low = found.get(n - bottom, 0.0)
+            self.low, self.high = band
 
     def _keep_ties(self, kept: torch.Tensor) -> None:
         """``top_k``: the kept indices whose magnitude equals a cut-off (the rest follows from strict comparisons)."""
@@ -373,15 +387,9 @@ class SegmentSparsifier:
         lows, highs, start = [], [], 0
         for n in sizes:
             part, start = array[start : start + n], start + n
-            keep, top, bottom = cut_counts(n, density, gamma)
-            if keep == 0:  # nothing kept: no entry is ≥ inf (Sparsifier: drop_all)
-                lows.append(math.inf)
-                highs.append(math.inf)
-                continue
-            ks = [k for k, used in ((top, top > 0), (n - bottom, bottom > 0)) if used]
-            found = dict(zip(ks, select_numpy(part, ks)))
-            highs.append(found.get(top, math.inf))
-            lows.append(found.get(n - bottom, 0.0))
+            low, high = band_cutoffs(n, density, gamma, partial(select_numpy, part)) or (math.inf, math.inf)  # None: no entry is ≥ inf (drop_all)
+            lows.append(low)
+            highs.append(high)
         self.sizes, self.low = sizes, np.array(lows, dtype=array.dtype)  # spread over the entries when masking
         if any(h < math.inf for h in highs):
             self.high = np.array(highs, dtype=array.dtype)
