@@ -310,11 +310,11 @@ class Sparsifier:
             if self.high == math.inf:
                 return self._add_ties(a.gt_(self.low), start)
             if self.high > self.low:  # low < |τ| < high
-                too_large = torch.ge(a, self.high, out=self.scratch(a))
+                too_large = torch.ge(a, self.high, out=cut_scratch(a))
                 return self._add_ties(a.gt_(self.low).sub_(too_large), start)
             return self._add_ties(a.zero_(), start)
         if self.high < math.inf:  # low ≤ |τ| < high  ==  [|τ| ≥ low] − [|τ| ≥ high]
-            too_large = torch.ge(a, self.high, out=self.scratch(a))
+            too_large = torch.ge(a, self.high, out=cut_scratch(a))
             return a.ge_(self.low).sub_(too_large)
         return a.ge_(self.low)
 
@@ -323,9 +323,6 @@ class Sparsifier:
         if hi > lo:
             out[self.ties[lo:hi] - start] = 1.0
         return out
-
-    def scratch(self, like: torch.Tensor) -> torch.Tensor:
-        return scratch("cut", 1, like.numel(), like.dtype, like.device)[0]
 
     def kept(self, chunk: torch.Tensor, out: torch.Tensor, m_buf: torch.Tensor) -> torch.Tensor:
         """τ·mask of the next chunk, not yet rescaled or weighted: ``chunk`` itself where nothing is dropped (read
@@ -359,10 +356,10 @@ class SegmentSparsifier:
     """The sparsification of a concatenation of small tensors, each exactly as ``Sparsifier`` treats it alone.
 
     ``sizes``: the tensors' numbers of entries, each ≤ ``EXACT`` (so sampled cut-offs are the exact ones) and ≤
-    ``RANDOM_BITS`` (so DARE draws float32 uniforms from the tensor's own generator), the whole ≤ ``CHUNK`` (one
-    chunk). Cut-offs are found per tensor (numpy's select on each slice of one ``abs``); the masks are made once
-    over the concatenation against per-entry cut-offs, and each tensor's uniforms come from its own generator in
-    ``rngs``, so the result equals the tensors merged one by one. ``GROUPABLE`` says which settings it takes.
+    ``RANDOM_BITS`` (so DARE's 32-bit draws come from the tensor's own generator, ``draw32``), the whole ≤ ``CHUNK``
+    (one chunk). Cut-offs are found per tensor (numpy's select on each slice of one ``abs``); the masks are made once
+    over the concatenation against per-entry cut-offs, and each tensor's draws come from its own generator in
+    ``rngs``, so the result equals the tensors merged one by one. ``groupable`` says which settings it takes.
     """
 
     def __init__(self, flat: torch.Tensor, how: str, *, density: float, p: float, gamma: float, rescale: str, rngs: list[torch.Generator] | None, sizes: list[int]):
@@ -400,7 +397,7 @@ class SegmentSparsifier:
             return draw32(out, self.rngs, self.sizes, self.p)
         a = torch.abs(chunk, out=out)
         if self.high is not None:  # low ≤ |τ| < high  ==  [|τ| ≥ low] − [|τ| ≥ high]
-            too_large = torch.ge(a, self.spread(self.high), out=scratch("cut", 1, a.numel(), a.dtype, a.device)[0])
+            too_large = torch.ge(a, self.spread(self.high), out=cut_scratch(a))
             return a.ge_(self.spread(self.low)).sub_(too_large)
         return a.ge_(self.spread(self.low))
 
@@ -413,6 +410,11 @@ class SegmentSparsifier:
         if self.how == "none":
             return chunk
         return torch.mul(self.mask(chunk, m_buf), chunk, out=out)
+
+
+def cut_scratch(like: torch.Tensor) -> torch.Tensor:
+    """The reused buffer of a band cut-off's second comparison (``[|τ| ≥ high]``), shaped as ``like``."""
+    return scratch("cut", 1, like.numel(), like.dtype, like.device)[0]
 
 
 def keep32(p: float) -> float:
@@ -524,7 +526,7 @@ class SignConsensus:
         torch.div(agree, weight, out=out)
 
 
-def linear_step(target: torch.Tensor, step: Sparsifier, chunk: torch.Tensor, m_buf: torch.Tensor, scale: float, first: bool) -> None:
+def linear_step(target: torch.Tensor, step: Sparsifier | SegmentSparsifier, chunk: torch.Tensor, m_buf: torch.Tensor, scale: float, first: bool) -> None:
     """``target (+)= scale · τ·mask`` for one vector's chunk (the sum without election): the first vector writes."""
     if step.how != "none" and step.shrink is None:  # a mask: multiplied in by one fused multiply-add
         mask = step.mask(chunk, m_buf)
